@@ -1,0 +1,279 @@
+"""``SophiaRef``: the float64 reference rule as a ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import rule
+from .dialects import Dialect, get_dialect
+
+Estimate = Sequence[Union[Tensor, None]]
+EstimateSource = Union[Estimate, Callable[[], Estimate]]
+NAN_POLICIES = ("raise", "skip")
+_STATE_DICT_KEY = "sophia_ref"
+
+
+@dataclass(frozen=True)
+class StepDiagnostics:
+    """What the last call to :meth:`SophiaRef.step` did, over all parameters.
+
+    ``win_rate``: fraction of coordinates whose step was not clipped (the paper's
+    diagnostic; it suggests keeping it between 0.1 and 0.5). ``sign_steps``:
+    coordinates clipped to a full sign step ``eta c sign(m)``. ``floored``:
+    coordinates whose scaled curvature ``gamma h`` was at or below eps.
+    ``refreshes`` and ``skipped_steps`` count over the whole run.
+    """
+
+    step: int
+    skipped: bool
+    refreshed: bool
+    numel: int
+    win_rate: float
+    sign_steps: int
+    floored: int
+    refreshes: int
+    skipped_steps: int
+
+
+class SophiaRef(Optimizer):
+    r"""Sophia (Liu et al., arXiv 2305.14342, Algorithm 3), computed in float64.
+
+    .. code-block:: text
+
+        input: eta (lr), b1, b2 (betas), gamma, eps, lambda (weight_decay), k (hessian_interval)
+        m_0 = 0, h_0 = 0
+        for t = 1, 2, ...:
+            g_t = grad L_t(theta_t)
+            m_t = b1 m_{t-1} + (1 - b1) g_t
+            if (t - 1) mod k == 0:  h_t = b2 h_{t-k} + (1 - b2) hhat_t    (hhat_t: hessian_estimate)
+            else:                   h_t = h_{t-1}
+            theta_{t+1} = theta_t - eta lambda theta_t - eta clip(m_t / max(gamma h_t, eps), 1)
+
+    ``dialect`` selects the rule's knobs (:mod:`sophia_ref.dialects`): ``"paper"``
+    (the default) is the algorithm above; the others model public
+    implementations. Hyperparameters left as ``None`` take the dialect's
+    defaults (for ``"paper"``: betas (0.96, 0.99), gamma 0.01, eps 1e-12,
+    weight_decay 0, k 10). In the rho-form dialects gamma is rho and may be
+    given as ``rho=``. ``batch_size`` is the batch factor B of dialects that
+    multiply it at step time (``official``).
+
+    The optimizer keeps float64 master copies of the parameters and float64
+    state whatever the parameter dtype, and writes each step back rounded to the
+    parameter's dtype. On refresh steps :meth:`step` needs a Hessian-diagonal
+    estimate: a list with one tensor per parameter (all groups, in order; None
+    for a parameter without a gradient), or a callable returning one, or else
+    the ``hessian_estimator`` given here (a callable of no argument returning
+    such a list). Callables run only on refresh steps, before any parameter
+    moves, with grad enabled.
+
+    ``nan_policy``: a NaN or Inf in a gradient or an estimate raises
+    ``FloatingPointError`` (``"raise"``) or skips the step and counts it
+    (``"skip"``); either way nothing changes. :attr:`diagnostics` describes the
+    last step.
+    """
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] | None = None, gamma: float | None = None,
+                 eps: float | None = None, weight_decay: float | None = None, hessian_interval: int | None = None,
+                 *, dialect: str | Dialect = "paper", rho: float | None = None, batch_size: float | None = None,
+                 nan_policy: str = "raise", hessian_estimator: Callable[[], Estimate] | None = None):
+        self.dialect = get_dialect(dialect)
+        if rho is not None:
+            if self.dialect.knobs.form != "rho":
+                raise ValueError(f"rho={rho!r} is the clip threshold of the rho form, but dialect "
+                                 f"{self.dialect.name!r} uses the gamma form: pass gamma instead")
+            if gamma is not None:
+                raise ValueError(f"gamma={gamma!r} and rho={rho!r} were both given; in the rho form they are one "
+                                 "hyperparameter: pass one of them")
+            gamma = rho
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy={nan_policy!r} is not valid; accepted values: "
+                             f"{', '.join(map(repr, NAN_POLICIES))}")
+        if hessian_estimator is not None and not callable(hessian_estimator):
+            raise ValueError(f"hessian_estimator={hessian_estimator!r} is not valid: expected a callable of no "
+                             "argument returning one tensor per parameter")
+        given = dict(betas=betas, gamma=gamma, eps=eps, weight_decay=weight_decay,
+                     hessian_interval=hessian_interval, batch_size=batch_size)
+        defaults = {key: self.dialect.defaults[key] if value is None else value for key, value in given.items()}
+        defaults["lr"] = lr
+        self._hyper(defaults)  # validate before torch builds the groups
+        self.nan_policy = nan_policy
+        self.hessian_estimator = hessian_estimator
+        self._step = 0
+        self._refreshes = 0
+        self._skipped = 0
+        self.diagnostics: StepDiagnostics | None = None
+        super().__init__(params, defaults)
+
+    # -- hyperparameters ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _hyper(group: dict) -> rule.Hyper:
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas={betas!r} is not valid; accepted: a pair (beta1, beta2), each in [0, 1)")
+        return rule.Hyper(lr=group["lr"], beta1=betas[0], beta2=betas[1], gamma=group["gamma"], eps=group["eps"],
+                          weight_decay=group["weight_decay"], hessian_interval=group["hessian_interval"],
+                          batch_size=group["batch_size"])
+
+    def add_param_group(self, param_group: dict) -> None:
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        self._hyper(param_group)
+        params = param_group["params"]
+        for p in [params] if isinstance(params, Tensor) else params:
+            p = p[1] if isinstance(p, tuple) else p
+            if isinstance(p, Tensor) and (p.is_complex() or not p.is_floating_point()):
+                raise ValueError(f"SophiaRef needs real floating-point parameters; got one of dtype {p.dtype}")
+        super().add_param_group(param_group)
+
+    # -- the step ----------------------------------------------------------------------------------------------
+
+    def _name(self, group_index: int, index: int, p: Tensor) -> str:
+        names = self.param_groups[group_index].get("param_names")
+        if names:
+            return f"parameter {names[index]!r}"
+        return f"parameter {index} of group {group_index} (shape {tuple(p.shape)})"
+
+    def _estimate(self, source: EstimateSource | None, t: int, count: int) -> list[Tensor | None]:
+        source = self.hessian_estimator if source is None else source
+        if source is None:
+            raise ValueError(f"step {t} refreshes the Hessian estimate, but none was given: pass "
+                             "step(hessian_estimate=...) or build SophiaRef with hessian_estimator=...")
+        if callable(source):
+            with torch.enable_grad():
+                source = source()
+        if isinstance(source, Tensor) or not isinstance(source, (list, tuple)):
+            raise ValueError(f"hessian_estimate must be a list with one tensor per parameter, got "
+                             f"{type(source).__name__}")
+        if len(source) != count:
+            raise ValueError(f"hessian_estimate has {len(source)} entries, but the optimizer has {count} parameters "
+                             "(all groups, in order)")
+        return list(source)
+
+    def _check_estimate_entry(self, hhat, p: Tensor, name: str) -> None:
+        if not isinstance(hhat, Tensor):
+            raise ValueError(f"hessian_estimate for {name} is {type(hhat).__name__}, expected a tensor")
+        if hhat.is_complex() or not hhat.is_floating_point():
+            raise ValueError(f"hessian_estimate for {name} has dtype {hhat.dtype}; expected a real floating dtype")
+        if hhat.shape != p.shape:
+            raise ValueError(f"hessian_estimate for {name} has shape {tuple(hhat.shape)}, expected {tuple(p.shape)}")
+        if hhat.device != p.device:
+            raise ValueError(f"hessian_estimate for {name} is on {hhat.device}, but the parameter is on {p.device}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None, hessian_estimate: EstimateSource | None = None):
+        """One Sophia step; returns the closure's loss (or None)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        knobs = self.dialect.knobs
+        t = self._step + 1
+        hypers = [self._hyper(group) for group in self.param_groups]
+
+        work = []  # (group index, index in group, flat index, parameter, its rule state)
+        flat = 0
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if p.grad is not None:
+                    name = self._name(gi, pi, p)
+                    if p.grad.is_sparse:
+                        raise ValueError(f"{name} has a sparse gradient; SophiaRef supports dense gradients only")
+                    if p.grad.shape != p.shape:
+                        raise ValueError(f"{name}: gradient shape {tuple(p.grad.shape)} != {tuple(p.shape)}")
+                    if p.grad.is_complex():
+                        raise ValueError(f"{name} has a complex gradient ({p.grad.dtype})")
+                    state = self.state.get(p)  # .get: a failed step must not leave even an empty entry behind
+                    current = rule.State(state["step"], state["m"], state["h"]) if state else rule.init(p)
+                    work.append((gi, pi, flat, p, current))
+                flat += 1
+
+        refresh = [rule.is_refresh_step(s.step + 1, hypers[gi].hessian_interval, knobs, hessian_estimate is not None)
+                   for gi, _, _, _, s in work]
+        estimate = self._estimate(hessian_estimate, t, flat) if any(refresh) else None
+        if estimate is not None:
+            for (gi, pi, fi, p, _), r in zip(work, refresh):
+                if r:
+                    self._check_estimate_entry(estimate[fi], p, self._name(gi, pi, p))
+
+        for (gi, pi, fi, p, _), r in zip(work, refresh):
+            for what, tensor in (("gradient", p.grad), ("Hessian estimate", estimate[fi] if r else None)):
+                if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    if self.nan_policy == "raise":
+                        raise FloatingPointError(
+                            f"step {t}: the {what} of {self._name(gi, pi, p)} has {bad} non-finite entries "
+                            f"(NaN or Inf); nothing was changed (nan_policy='raise')")
+                    self._skipped += 1
+                    self.diagnostics = StepDiagnostics(t, True, False, 0, float("nan"), 0, 0,
+                                                       self._refreshes, self._skipped)
+                    return loss
+
+        results = []
+        for (gi, pi, fi, p, current), r in zip(work, refresh):
+            theta = self._master(p)
+            hhat = estimate[fi].to(torch.float64) if r else None
+            results.append(rule.update(current, theta, p.grad.to(torch.float64), hypers[gi], knobs, hhat))
+
+        numel = clipped = floored = unclipped = 0
+        for (gi, pi, fi, p, _), (new, delta, diag) in zip(work, results):
+            state = self.state[p]
+            state["step"], state["m"], state["h"] = new.step, new.m, new.h
+            if p.dtype == torch.float64:
+                p.add_(delta)
+            else:
+                master = state["master"]
+                master.add_(delta)
+                p.copy_(master)
+            numel += diag.numel
+            clipped += diag.clipped
+            unclipped += diag.unclipped
+            floored += diag.floored
+        refreshed = any(diag.refreshed for _, _, diag in results)
+        self._step = t
+        self._refreshes += refreshed
+        self.diagnostics = StepDiagnostics(t, False, refreshed, numel, unclipped / numel if numel else float("nan"),
+                                           clipped, floored, self._refreshes, self._skipped)
+        return loss
+
+    def _master(self, p: Tensor) -> Tensor:
+        """The float64 value of p: p itself, or its master copy (re-read if p was changed from outside)."""
+        if p.dtype == torch.float64:
+            return p.detach()
+        state = self.state[p]
+        master = state.get("master")
+        if master is None or not torch.equal(master.to(p.dtype), p):
+            master = p.detach().to(torch.float64, copy=True)
+            state["master"] = master
+        return master
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict[_STATE_DICT_KEY] = dict(step=self._step, refreshes=self._refreshes, skipped=self._skipped,
+                                           dialect=self.dialect.name, knobs=asdict(self.dialect.knobs))
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        counters = state_dict.pop(_STATE_DICT_KEY, None)
+        if counters is not None and counters["knobs"] != asdict(self.dialect.knobs):
+            raise ValueError(f"this state dict was saved by a SophiaRef with dialect {counters['dialect']!r}, "
+                             f"which differs from this optimizer's {self.dialect.name!r}")
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        # torch casts floating state to each parameter's dtype; the reference keeps float64, bit for bit.
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for pid, p in zip(ids, params):
+            for key, value in saved_state.get(pid, {}).items():
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=torch.float64, copy=True)
+        if counters is not None:
+            self._step, self._refreshes, self._skipped = counters["step"], counters["refreshes"], counters["skipped"]

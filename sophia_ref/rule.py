@@ -1,0 +1,229 @@
+"""The Sophia update rule (paper Algorithm 3; SPEC section 1) as pure functions.
+
+One parameter tensor, float64, no side effects: :func:`update` takes a
+:class:`State` and returns a new one, the parameter delta and diagnostics.
+With the default :class:`Knobs` it is the paper's rule, line for line::
+
+    g_t         = grad L_t(theta_t)
+    m_t         = b1 m_{t-1} + (1 - b1) g_t
+    h_t         = b2 h_{t-k} + (1 - b2) hhat_t     if (t - 1) mod k == 0
+                = h_{t-1}                          otherwise
+    theta_t'    = theta_t - eta lam theta_t
+    theta_{t+1} = theta_t' - eta clip(m_t / max(gamma h_t, eps), 1)
+
+and the parameter moves by ``delta = -eta lam theta_t - eta clip(...)``, applied
+as ``theta_{t+1} = theta_t + delta``.
+
+Every public implementation of Sophia differs from the paper in a few places;
+each difference is one field of :class:`Knobs`, never a second copy of the rule
+(see :mod:`sophia_ref.dialects` for the named presets):
+
+``form``
+    ``"gamma"`` (paper v4): ``eta clip(m / max(gamma h, eps), 1)``;
+    ``"rho"`` (paper v1): ``eta clip(m / max(h, eps), rho)``. In the rho form the
+    hyperparameter :attr:`Hyper.gamma` holds rho.
+``eps_placement``
+    ``"max"``: ``max(gamma h, eps)``; ``"add"``: ``gamma h + eps``.
+``clip_form``
+    ``"clip"``: ``max(min(z, c), -c)``; ``"sign_min"``: ``sign(m) min(|m| / d, c)``,
+    which equals the clip when ``d > 0`` but is an unbounded ascent step when
+    ``d < 0``.
+``bias_correction``
+    divide m by ``1 - b1^t`` before the step.
+``refresh``
+    ``"immediate"``: refresh when ``(t - 1) mod k == 0`` and use the new h in the
+    same step; ``"next_step"``: refresh on the same steps, but the step uses the
+    h from before the refresh; ``"caller"``: refresh exactly on the steps that
+    are given an estimate, and use it at once.
+``batch_factor``
+    ``"estimate"``: the estimate already carries the batch factor B (GNB);
+    ``"step"``: the denominator multiplies h by :attr:`Hyper.batch_size` at step
+    time (the official code's ``bs``).
+``momentum_updates``
+    how many times m absorbs the gradient per step (1 in the paper).
+
+A coordinate with zero momentum never moves, even where the denominator is 0
+(``eps = 0`` with ``h = 0``): the rule reads ``0 / 0`` as 0, the limit of the
+clipped ratio, rather than NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+FORMS = ("gamma", "rho")
+EPS_PLACEMENTS = ("max", "add")
+CLIP_FORMS = ("clip", "sign_min")
+REFRESH_PHASES = ("immediate", "next_step", "caller")
+BATCH_FACTORS = ("estimate", "step")
+
+
+def _choice(name: str, value, accepted: tuple) -> None:
+    if value not in accepted:
+        raise ValueError(f"{name}={value!r} is not valid; accepted values: {', '.join(map(repr, accepted))}")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Where a dialect departs from the paper. The defaults are the paper."""
+
+    form: str = "gamma"
+    eps_placement: str = "max"
+    clip_form: str = "clip"
+    bias_correction: bool = False
+    refresh: str = "immediate"
+    batch_factor: str = "estimate"
+    momentum_updates: int = 1
+
+    def __post_init__(self) -> None:
+        _choice("form", self.form, FORMS)
+        _choice("eps_placement", self.eps_placement, EPS_PLACEMENTS)
+        _choice("clip_form", self.clip_form, CLIP_FORMS)
+        _choice("refresh", self.refresh, REFRESH_PHASES)
+        _choice("batch_factor", self.batch_factor, BATCH_FACTORS)
+        if not isinstance(self.bias_correction, bool):
+            raise ValueError(f"bias_correction={self.bias_correction!r} is not valid; accepted values: True, False")
+        if isinstance(self.momentum_updates, bool) or not isinstance(self.momentum_updates, int) or self.momentum_updates < 1:
+            raise ValueError(f"momentum_updates={self.momentum_updates!r} is not valid; accepted range: integers >= 1")
+
+    @property
+    def clip_bounded(self) -> bool:
+        """Whether every coordinate's step is at most eta*c for every h, h < 0 included."""
+        return self.clip_form == "clip" or self.eps_placement == "max"
+
+
+def _check_real(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    accepted = f"accepted range: {lo}{low}, {high}{hi}" if math.isfinite(high) else f"accepted range: {lo}{low}, inf)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} is not valid: expected a real number; {accepted}")
+    v = float(value)
+    too_low = v <= low if low_open else v < low
+    too_high = v >= high if high_open else v > high
+    if math.isnan(v) or too_low or too_high or (math.isinf(v) and not math.isinf(high)):
+        raise ValueError(f"{name}={value!r} is not valid; {accepted}")
+    if math.isinf(v):
+        raise ValueError(f"{name}={value!r} is not valid: must be finite; {accepted}")
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Hyperparameters of one step: eta, b1, b2, gamma (rho in the rho form), eps, lambda, k, B."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    gamma: float
+    eps: float
+    weight_decay: float = 0.0
+    hessian_interval: int = 1
+    batch_size: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_real("lr", self.lr, 0.0, math.inf)
+        _check_real("beta1", self.beta1, 0.0, 1.0, high_open=True)
+        _check_real("beta2", self.beta2, 0.0, 1.0, high_open=True)
+        _check_real("gamma", self.gamma, 0.0, math.inf, low_open=True)
+        _check_real("eps", self.eps, 0.0, math.inf)
+        _check_real("weight_decay", self.weight_decay, 0.0, math.inf)
+        _check_real("batch_size", self.batch_size, 0.0, math.inf, low_open=True)
+        k = self.hessian_interval
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"hessian_interval={k!r} is not valid; accepted range: integers >= 1")
+
+
+class State(NamedTuple):
+    """State of one parameter tensor after ``step`` completed steps."""
+
+    step: int
+    m: Tensor
+    h: Tensor
+
+
+class Diagnostics(NamedTuple):
+    """What one step did to one tensor.
+
+    ``direction`` is ``u = clip(m / d, c)``, so the step is ``eta * u``;
+    ``clipped`` counts coordinates where the clip bound binds (``|u| == c``: a
+    sign step of size eta*c); ``unclipped`` those with ``|u| < c``, whose step is
+    the Newton-like ``eta m / d``; ``floored`` those where the scaled curvature
+    ``gamma h`` is at or below eps (flat, zero or negative curvature).
+    """
+
+    refreshed: bool
+    numel: int
+    clipped: int
+    unclipped: int
+    floored: int
+    direction: Tensor
+
+
+def init(theta: Tensor) -> State:
+    """``m_0 = 0``, ``h_0 = 0``, ``t = 0``."""
+    zeros = torch.zeros_like(theta, dtype=torch.float64)
+    return State(step=0, m=zeros, h=zeros.clone())
+
+
+def is_refresh_step(t: int, k: int, knobs: Knobs, estimate_given: bool = False) -> bool:
+    """Whether step t (1-based) folds a new Hessian estimate into h.
+
+    The paper writes ``t mod k = 1``, which never fires for k = 1; SPEC reads it
+    as ``(t - 1) mod k == 0``, refreshing on t = 1, k + 1, 2k + 1, ...
+    """
+    if knobs.refresh == "caller":
+        return estimate_given
+    return (t - 1) % k == 0
+
+
+def update(state: State, theta: Tensor, grad: Tensor, hyper: Hyper, knobs: Knobs = Knobs(),
+           hhat: Tensor | None = None) -> tuple[State, Tensor, Diagnostics]:
+    """One Sophia step for one tensor: returns ``(new_state, delta, diagnostics)``.
+
+    ``theta``, ``grad`` and ``hhat`` (the Hessian-diagonal estimate, needed on
+    refresh steps and ignored on the others) are float64 tensors of one shape.
+    """
+    t = state.step + 1
+    refreshed = is_refresh_step(t, hyper.hessian_interval, knobs, hhat is not None)
+    if refreshed and hhat is None:
+        raise ValueError(f"step {t} refreshes the Hessian estimate (k={hyper.hessian_interval}) but no estimate was given")
+    b1, b2, eta, lam = hyper.beta1, hyper.beta2, hyper.lr, hyper.weight_decay
+
+    m = state.m
+    for _ in range(knobs.momentum_updates):
+        m = b1 * m + (1 - b1) * grad                          # m_t = b1 m_{t-1} + (1 - b1) g_t
+    h = b2 * state.h + (1 - b2) * hhat if refreshed else state.h  # h_t = b2 h_{t-k} + (1 - b2) hhat_t
+    h_step = state.h if knobs.refresh == "next_step" else h       # the h this step divides by
+    m_step = m / (1 - b1 ** t) if knobs.bias_correction else m    # bias-corrected m, where the dialect has it
+
+    scale, c = (hyper.gamma, 1.0) if knobs.form == "gamma" else (1.0, hyper.gamma)  # gamma h, clip at 1 | h, clip at rho
+    if knobs.batch_factor == "step":
+        scale = scale * hyper.batch_size                          # B multiplied at step time
+    curvature = scale * h_step                                    # gamma h_t
+    if knobs.eps_placement == "max":
+        d = torch.clamp(curvature, min=hyper.eps)                 # max(gamma h_t, eps)
+    else:
+        d = curvature + hyper.eps                                 # gamma h_t + eps
+    if knobs.clip_form == "clip":
+        u = torch.clamp(m_step / d, -c, c)                        # clip(m_t / d, c)
+    else:
+        u = torch.sign(m_step) * torch.clamp(m_step.abs() / d, max=c)  # sign(m) min(|m| / d, c)
+    if hyper.eps == 0.0 or knobs.eps_placement == "add":
+        u = torch.where(m_step == 0, 0.0, u)                      # 0 / 0 read as 0 (see module docstring)
+    step = eta * u                                                # eta clip(...)
+    delta = -step if lam == 0.0 else -(eta * lam) * theta - step  # theta_{t+1} - theta_t
+
+    magnitude = u.abs()
+    diagnostics = Diagnostics(
+        refreshed=refreshed,
+        numel=u.numel(),
+        clipped=int((magnitude == c).sum()),
+        unclipped=int((magnitude < c).sum()),
+        floored=int((curvature <= hyper.eps).sum()),
+        direction=u,
+    )
+    return State(step=t, m=m, h=h), delta, diagnostics
