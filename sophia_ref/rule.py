@@ -206,6 +206,8 @@ def update(state: State, theta: Tensor, grad: Tensor, hyper: Hyper, knobs: Knobs
     curvature = scale * h_step                                    # gamma h_t
     if knobs.eps_placement == "max":
         d = torch.clamp(curvature, min=hyper.eps)                 # max(gamma h_t, eps)
+        if hyper.eps == 0.0:
+            d = d + 0.0  # max(-0.0, 0.0) is -0.0; adding +0.0 makes it +0.0, so m / d keeps the sign of m
     else:
         d = curvature + hyper.eps                                 # gamma h_t + eps
     if knobs.clip_form == "clip":

@@ -1,0 +1,14 @@
+"""Shared test configuration: hypothesis profiles.
+
+``CI`` set in the environment loads the derandomized ``ci`` profile, so a CI run
+draws the same examples every time; locally the ``dev`` profile explores.
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=200, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, max_examples=100)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
