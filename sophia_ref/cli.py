@@ -19,6 +19,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dialects(args: argparse.Namespace) -> int:
+    from .dialects import get_dialect, table
+
+    if args.name:
+        print("\n\n".join(get_dialect(name).describe() for name in args.name))
+    else:
+        print(table())
+        print("\nρ is the clip threshold of the rho (v1) form; `sophia-ref dialects NAME` describes one preset.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sophia-ref",
@@ -39,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--gamma", type=float, default=0.5, help="Sophia's gamma (eta = gamma clips Newton at eta)")
     demo.add_argument("--sign-lr", type=float, default=0.1, help="SignGD's step size")
     demo.set_defaults(run=_demo)
+
+    dialects = commands.add_parser(
+        "dialects", help="list the named dialects of the rule (or describe some)",
+        description="The presets of the one rule: where each public implementation departs from the paper.")
+    dialects.add_argument("name", nargs="*", help="describe these presets (default: print the table of all)")
+    dialects.set_defaults(run=_dialects)
     return parser
 
 

@@ -144,3 +144,27 @@ def v4_to_v1(lr: float, gamma: float, eps: float, weight_decay: float = 0.0) -> 
     if not gamma > 0:
         raise ValueError(f"gamma={gamma!r} is not valid; accepted range: (0, inf)")
     return dict(lr=lr / gamma, rho=gamma, eps=eps / gamma, weight_decay=weight_decay * gamma)
+
+
+def table() -> str:
+    """The presets as a Markdown table, one row per dialect (``sophia-ref dialects`` prints it)."""
+    rows = [
+        "| dialect | update | eps | bias correction | refresh | batch factor B | m updates / step | estimator |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in DIALECTS.values():
+        k, eps = d.knobs, d.defaults["eps"]
+        ratio = "h" if k.form == "rho" else "γh"
+        if k.batch_factor == "step":
+            ratio = ratio.replace("h", "Bh")
+        denominator = f"max({ratio}, ε)" if k.eps_placement == "max" else f"{ratio} + ε"
+        m = "m̂" if k.bias_correction else "m"
+        c = "ρ" if k.form == "rho" else "1"
+        update = (f"clip({m}/{denominator}, {c})" if k.clip_form == "clip"
+                  else f"sign({m})·min(\\|{m}\\|/({denominator}), {c})")
+        refresh = {"immediate": "(t-1) mod k = 0, used at once", "next_step": "(t-1) mod k = 0, used from t+1",
+                   "caller": "when the caller gives one, used at once"}[k.refresh]
+        batch = "in the estimate" if k.batch_factor == "estimate" else f"at step time (default {d.defaults['batch_size']:g})"
+        rows.append(f"| `{d.name}` | `{update}` | {eps:g} | {'yes' if k.bias_correction else 'no'} | {refresh} "
+                    f"| {batch} | {k.momentum_updates} | {d.estimator} |")
+    return "\n".join(rows)

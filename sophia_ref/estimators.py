@@ -12,6 +12,7 @@ touches ``p.grad``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -117,7 +118,9 @@ def _hvp_forward_over_reverse(loss_fn, params, probes) -> list[Tensor]:
     saved = [p.detach().clone() for p in params]
     versions = [p._version for p in params]
     try:
-        with fwAD.dual_level():
+        with fwAD.dual_level(), warnings.catch_warnings():
+            # torch registers forward-mode decompositions lazily through torch.jit.script, which warns about itself
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
             with torch.no_grad():
                 for p, s, u in zip(params, saved, probes):
                     p.copy_(fwAD.make_dual(s, u))
