@@ -18,6 +18,14 @@ NAN_POLICIES = ("raise", "skip")
 _STATE_DICT_KEY = "sophia_ref"
 
 
+def _count_non_finite(tensor: Tensor) -> int:
+    """Entries that are NaN or +-Inf. A NaN or Inf anywhere makes the sum non-finite, so one
+    cheap reduction clears the common case; only then are entries counted."""
+    if bool(torch.isfinite(tensor.sum())):
+        return 0
+    return int(torch.count_nonzero(~torch.isfinite(tensor)))
+
+
 @dataclass(frozen=True)
 class StepDiagnostics:
     """What the last call to :meth:`SophiaRef.step` did, over all parameters.
@@ -107,6 +115,7 @@ class SophiaRef(Optimizer):
         self._refreshes = 0
         self._skipped = 0
         self.diagnostics: StepDiagnostics | None = None
+        self._denominators: dict = {}  # per parameter, max(gamma h, eps) for its current h: a cache, never saved
         super().__init__(params, defaults)
 
     # -- hyperparameters ---------------------------------------------------------------------------------------
@@ -189,7 +198,8 @@ class SophiaRef(Optimizer):
                     if p.grad.is_complex():
                         raise ValueError(f"{name} has a complex gradient ({p.grad.dtype})")
                     state = self.state.get(p)  # .get: a failed step must not leave even an empty entry behind
-                    current = rule.State(state["step"], state["m"], state["h"]) if state else rule.init(p)
+                    current = (rule.State(state["step"], state["m"], state["h"], self._denominators.get(p))
+                               if state else rule.init(p))
                     work.append((gi, pi, flat, p, current))
                 flat += 1
 
@@ -203,8 +213,8 @@ class SophiaRef(Optimizer):
 
         for (gi, pi, fi, p, _), r in zip(work, refresh):
             for what, tensor in (("gradient", p.grad), ("Hessian estimate", estimate[fi] if r else None)):
-                if tensor is not None and not bool(torch.isfinite(tensor).all()):
-                    bad = int((~torch.isfinite(tensor)).sum())
+                bad = 0 if tensor is None else _count_non_finite(tensor)
+                if bad:
                     if self.nan_policy == "raise":
                         raise FloatingPointError(
                             f"step {t}: the {what} of {self._name(gi, pi, p)} has {bad} non-finite entries "
@@ -224,6 +234,7 @@ class SophiaRef(Optimizer):
         for (gi, pi, fi, p, _), (new, delta, diag) in zip(work, results):
             state = self.state[p]
             state["step"], state["m"], state["h"] = new.step, new.m, new.h
+            self._denominators[p] = new.denominator
             if p.dtype == torch.float64:
                 p.add_(delta)
             else:
@@ -268,6 +279,7 @@ class SophiaRef(Optimizer):
                              f"which differs from this optimizer's {self.dialect.name!r}")
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
+        self._denominators.clear()
         # torch casts floating state to each parameter's dtype; the reference keeps float64, bit for bit.
         ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]

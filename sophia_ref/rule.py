@@ -137,12 +137,29 @@ class Hyper:
             raise ValueError(f"hessian_interval={k!r} is not valid; accepted range: integers >= 1")
 
 
+class Denominator(NamedTuple):
+    """A cache, not state: ``d = max(scale h, eps)`` for one h tensor and the settings it was made with.
+
+    h changes only on refresh steps, so the k - 1 steps between refreshes reuse d
+    instead of recomputing it. Valid while ``h`` is the same tensor at the same
+    version (no in-place change) and ``key`` matches; never saved in checkpoints.
+    """
+
+    h: Tensor
+    version: int
+    key: tuple
+    d: Tensor
+    floored: int
+
+
 class State(NamedTuple):
-    """State of one parameter tensor after ``step`` completed steps."""
+    """State of one parameter tensor after ``step`` completed steps: the paper's (t, m, h),
+    plus an optional :class:`Denominator` cache that changes no result."""
 
     step: int
     m: Tensor
     h: Tensor
+    denominator: Denominator | None = None
 
 
 class Diagnostics(NamedTuple):
@@ -193,39 +210,51 @@ def update(state: State, theta: Tensor, grad: Tensor, hyper: Hyper, knobs: Knobs
         raise ValueError(f"step {t} refreshes the Hessian estimate (k={hyper.hessian_interval}) but no estimate was given")
     b1, b2, eta, lam = hyper.beta1, hyper.beta2, hyper.lr, hyper.weight_decay
 
+    # Each line is one equation, evaluated as written (b1*m, (1-b1)*g, then the sum: one
+    # rounding each); results go to fresh tensors, updated in place only where that
+    # cannot change a bit.
     m = state.m
     for _ in range(knobs.momentum_updates):
-        m = b1 * m + (1 - b1) * grad                          # m_t = b1 m_{t-1} + (1 - b1) g_t
-    h = b2 * state.h + (1 - b2) * hhat if refreshed else state.h  # h_t = b2 h_{t-k} + (1 - b2) hhat_t
-    h_step = state.h if knobs.refresh == "next_step" else h       # the h this step divides by
-    m_step = m / (1 - b1 ** t) if knobs.bias_correction else m    # bias-corrected m, where the dialect has it
+        m = torch.mul(m, b1).add_(torch.mul(grad, 1 - b1))                  # m_t = b1 m_{t-1} + (1 - b1) g_t
+    h = torch.mul(state.h, b2).add_(torch.mul(hhat, 1 - b2)) if refreshed else state.h  # h_t = b2 h_{t-k} + (1 - b2) hhat_t
+    h_step = state.h if knobs.refresh == "next_step" else h                 # the h this step divides by
+    m_step = m / (1 - b1 ** t) if knobs.bias_correction else m              # bias-corrected m, where the dialect has it
 
     scale, c = (hyper.gamma, 1.0) if knobs.form == "gamma" else (1.0, hyper.gamma)  # gamma h, clip at 1 | h, clip at rho
     if knobs.batch_factor == "step":
-        scale = scale * hyper.batch_size                          # B multiplied at step time
-    curvature = scale * h_step                                    # gamma h_t
-    if knobs.eps_placement == "max":
-        d = torch.clamp(curvature, min=hyper.eps)                 # max(gamma h_t, eps)
-        if hyper.eps == 0.0:
-            d = d + 0.0  # max(-0.0, 0.0) is -0.0; adding +0.0 makes it +0.0, so m / d keeps the sign of m
-    else:
-        d = curvature + hyper.eps                                 # gamma h_t + eps
+        scale = scale * hyper.batch_size                                    # B multiplied at step time
+    d, floored, memo = _denominator(h_step, scale, hyper.eps, knobs.eps_placement, state.denominator)
     if knobs.clip_form == "clip":
-        u = torch.clamp(m_step / d, -c, c)                        # clip(m_t / d, c)
+        u = torch.div(m_step, d).clamp_(-c, c)                              # clip(m_t / d, c)
     else:
-        u = torch.sign(m_step) * torch.clamp(m_step.abs() / d, max=c)  # sign(m) min(|m| / d, c)
+        u = torch.div(m_step.abs(), d).clamp_(max=c).mul_(torch.sign(m_step))  # sign(m) min(|m| / d, c)
     if hyper.eps == 0.0 or knobs.eps_placement == "add":
-        u = torch.where(m_step == 0, 0.0, u)                      # 0 / 0 read as 0 (see module docstring)
-    step = eta * u                                                # eta clip(...)
-    delta = -step if lam == 0.0 else -(eta * lam) * theta - step  # theta_{t+1} - theta_t
+        u.masked_fill_(m_step == 0, 0.0)                                    # 0 / 0 read as 0 (see module docstring)
+    step = torch.mul(u, eta)                                                # eta clip(...)
+    if lam == 0.0:
+        delta = step.neg_()                                                 # theta_{t+1} - theta_t
+    else:
+        delta = torch.mul(theta, -(eta * lam)).sub_(step)                   # -eta lam theta_t - eta clip(...)
 
-    magnitude = u.abs()
-    diagnostics = Diagnostics(
-        refreshed=refreshed,
-        numel=u.numel(),
-        clipped=int((magnitude == c).sum()),
-        unclipped=int((magnitude < c).sum()),
-        floored=int((curvature <= hyper.eps).sum()),
-        direction=u,
-    )
-    return State(step=t, m=m, h=h), delta, diagnostics
+    clipped = int(torch.count_nonzero(u.abs() == c))                        # |u| = c: a sign step
+    unclipped = u.numel() - clipped if knobs.clip_bounded else int(torch.count_nonzero(u.abs() < c))
+    diagnostics = Diagnostics(refreshed=refreshed, numel=u.numel(), clipped=clipped, unclipped=unclipped,
+                              floored=floored, direction=u)
+    return State(step=t, m=m, h=h, denominator=memo), delta, diagnostics
+
+
+def _denominator(h: Tensor, scale: float, eps: float, placement: str,
+                 memo: Denominator | None) -> tuple[Tensor, int, Denominator]:
+    """``d = max(scale h, eps)`` (or ``scale h + eps``) and how many coordinates have ``scale h <= eps``."""
+    key = (scale, eps, placement)
+    if memo is not None and memo.h is h and memo.version == h._version and memo.key == key:
+        return memo.d, memo.floored, memo
+    curvature = torch.mul(h, scale)                                         # gamma h_t
+    floored = int(torch.count_nonzero(curvature <= eps))
+    if placement == "max":
+        d = curvature.clamp_(min=eps)                                       # max(gamma h_t, eps)
+        if eps == 0.0:
+            d.add_(0.0)  # max(-0.0, 0.0) is -0.0; adding +0.0 makes it +0.0, so m / d keeps the sign of m
+    else:
+        d = curvature.add_(eps)                                             # gamma h_t + eps
+    return d, floored, Denominator(h, h._version, key, d, floored)

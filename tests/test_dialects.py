@@ -35,9 +35,12 @@ def test_unknown_dialect_names_the_accepted_ones():
         get_dialect("sophia")
 
 
-@given(st.floats(1e-6, 10.0), st.floats(1e-4, 1.0), st.floats(0.0, 1e-3), st.floats(0.0, 1.0))
+@given(st.floats(1e-6, 10.0), st.floats(1e-4, 1.0), st.just(0.0) | st.floats(1e-300, 1e-3), st.floats(0.0, 1.0))
 def test_conversion_round_trips(lr, rho, eps, lam):
-    """v4_to_v1(v1_to_v4(x)) == x up to the two roundings of each multiply-then-divide (2 ulps)."""
+    """v4_to_v1(v1_to_v4(x)) == x up to the two roundings of each multiply-then-divide (2 ulps).
+
+    Normal numbers only: a subnormal rho * eps keeps fewer bits, and no ulp bound holds there.
+    """
     back = v4_to_v1(**v1_to_v4(lr, rho, eps, lam))
     for key, value in dict(lr=lr, rho=rho, eps=eps, weight_decay=lam).items():
         assert abs(back[key] - value) <= 2 * math.ulp(value)

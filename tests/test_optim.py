@@ -384,3 +384,23 @@ def test_every_dialect_runs_through_the_optimizer():
             loss().backward()
             opt.step(hessian_estimate=[p.grad.detach() ** 2 * 64 for p in params])
         assert float(loss()) < first, name
+
+
+def test_the_denominator_cache_changes_no_result():
+    """A run that reuses max(gamma h, eps) between refreshes equals one that recomputes it every step,
+    also when gamma changes mid-run and when h is changed in place from outside."""
+    runs = []
+    for clear_cache in (False, True):
+        params, loss = problem()
+        opt = SophiaRef(params, lr=0.02, hessian_interval=4)
+        gen = torch.Generator().manual_seed(5)
+        for t in range(1, 15):
+            if clear_cache:
+                opt._denominators.clear()
+            if t == 6:
+                opt.param_groups[0]["gamma"] = 0.2
+            if t == 10:
+                opt.state[params[0]]["h"].mul_(3.0)
+            train(opt, params, loss, 1, gen)
+        runs.append(snapshot(opt, params))
+    assert_same(runs[0], runs[1])

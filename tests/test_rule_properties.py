@@ -251,3 +251,44 @@ def test_missing_estimate_on_a_refresh_step_is_an_error():
         rule.update(rule.init(theta), theta, theta, hyper)
     state = rule.State(step=1, m=theta, h=theta)
     rule.update(state, theta, theta, hyper)  # t = 2 is not a refresh step: no estimate needed
+
+
+@given(st.lists(st.tuples(st.floats(1e-3, 1e3), st.floats(-100.0, 100.0), st.floats(-0.99, 0.99)),
+                min_size=1, max_size=6))
+def test_one_exact_newton_step_lands_on_a_separable_quadratics_minimizer(coords):
+    """b1 = b2 = 0, the exact Hessian, eta = gamma = 1, |theta - c| < 1 (so nothing clips): one step of
+    SophiaRef on L = sum a_i (theta_i - c_i)^2 / 2 is Newton's step and lands on c.
+
+    Rounding: fl(theta - c), a times it, the quotient by a (each <= half an ulp of a
+    value at most 2 max(|theta|, |c|)), and the final sum: within 4 ulps of max(|theta|, |c|).
+    """
+    from sophia_ref import SophiaRef, exact_diagonal
+
+    a = torch.tensor([x[0] for x in coords], dtype=torch.float64)
+    c = torch.tensor([x[1] for x in coords], dtype=torch.float64)
+    theta = (c + torch.tensor([x[2] for x in coords], dtype=torch.float64)).requires_grad_()
+    loss = lambda: 0.5 * (a * (theta - c) ** 2).sum()
+    opt = SophiaRef([theta], lr=1.0, betas=(0.0, 0.0), gamma=1.0, eps=1e-12, hessian_interval=1,
+                    hessian_estimator=lambda: exact_diagonal(loss, [theta]))
+    start = theta.detach().clone()
+    loss().backward()
+    opt.step()
+    assert opt.diagnostics.win_rate == 1.0
+    scale = torch.maximum(start.abs(), c.abs())
+    ulp = torch.nextafter(scale, torch.tensor(float("inf"), dtype=torch.float64)) - scale
+    assert bool(((theta.detach() - c).abs() <= 4 * ulp).all())
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS.values()), ids=lambda d: d.name)
+@given(step_inputs())
+def test_update_is_pure(dialect, inputs):
+    """update changes none of its inputs in place, and a cached denominator changes no result."""
+    state, theta, g, hhat, hyper = inputs
+    copies = [x.clone() for x in (state.m, state.h, theta, g, hhat)]
+    new, delta, diag = rule.update(state, theta, g, hyper, dialect.knobs, hhat)
+    for before, after in zip(copies, (state.m, state.h, theta, g, hhat)):
+        assert torch.equal(before, after) and before.dtype == after.dtype
+    # the next step with the cache equals the next step computed from scratch
+    cached = rule.update(new, theta, g, hyper, dialect.knobs, hhat)
+    fresh = rule.update(new._replace(denominator=None), theta, g, hyper, dialect.knobs, hhat)
+    assert torch.equal(cached[1], fresh[1]) and cached[2][:5] == fresh[2][:5]
