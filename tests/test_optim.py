@@ -123,7 +123,7 @@ def test_param_groups_closure_and_scheduler():
             value = loss()
             value.backward()
             return value
-        losses.append(float(opt.step(closure)))
+        losses.append(float(opt.step(closure).detach()))
         scheduler.step()
     assert torch.equal(params[1].detach(), b_before)  # lr = 0 group does not move
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
