@@ -30,6 +30,14 @@ def _dialects(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        from verification import run
+    except ImportError as error:  # the verification package ships with sophia-ref; say so if it is missing
+        raise SystemExit(f"sophia-ref verify: the verification package is not importable ({error})")
+    return run.main(quick=args.quick, json_path=args.json, only=args.only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sophia-ref",
@@ -56,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="The presets of the one rule: where each public implementation departs from the paper.")
     dialects.add_argument("name", nargs="*", help="describe these presets (default: print the table of all)")
     dialects.set_defaults(run=_dialects)
+
+    verify = commands.add_parser(
+        "verify", help="check the reference against exact rationals, mpmath and scipy",
+        description="Runs every oracle check (one step vs exact rationals; estimators vs closed forms; "
+                    "trajectories vs mpmath at 50 digits; minimizers vs scipy) and prints a table of "
+                    "problem, check, worst error, bound and result. Exit status 1 if any check fails.")
+    verify.add_argument("--quick", action="store_true", help="the short run for CI (about a minute)")
+    verify.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    verify.add_argument("--only", metavar="TEXT", help="run only the checks whose name contains TEXT")
+    verify.set_defaults(run=_verify)
     return parser
 
 

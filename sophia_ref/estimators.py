@@ -28,7 +28,11 @@ def _param_list(params: Tensor | Iterable[Tensor]) -> list[Tensor]:
     params = [params] if isinstance(params, Tensor) else list(params)
     if not params:
         raise ValueError("params is empty: expected at least one tensor that requires grad")
+    seen: dict[int, int] = {}
     for i, p in enumerate(params):
+        if id(p) in seen:
+            raise ValueError(f"params[{i}] is the same tensor as params[{seen[id(p)]}]; list each parameter once")
+        seen[id(p)] = i
         if not isinstance(p, Tensor):
             raise TypeError(f"params[{i}] is a {type(p).__name__}, expected a torch.Tensor")
         if not p.requires_grad:

@@ -1,0 +1,85 @@
+"""``sophia-ref verify``: every oracle check, a table of results, and an exit status.
+
+Each oracle module offers ``checks(quick) -> [(name, thunk)]``; a thunk returns one
+:class:`~verification.report.CheckResult` or a list of them. A check that raises is a
+failed row (with the exception in its notes), never a crash of the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import asdict
+from typing import Callable, Iterable
+
+from .progress import Progress
+from .report import CheckResult
+
+Thunk = Callable[[], "CheckResult | list[CheckResult]"]
+
+
+def collect(quick: bool) -> list[tuple[str, Thunk]]:
+    """Every named check, in the order the table shows them."""
+    from .oracles import estimators, minimizers, step, trajectory
+
+    examples = 300 if quick else 5000
+    items: list[tuple[str, Thunk]] = [
+        (f"one step vs exact rationals ({examples} states)", lambda: step.check_step_oracle(examples=examples, seed=0)),
+    ]
+    for module in (estimators, trajectory, minimizers):
+        items += module.checks(quick)
+    return items
+
+
+def run(items: Iterable[tuple[str, Thunk]], progress: Progress | None = None) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    for name, thunk in items:
+        if progress:
+            progress.update(name)
+        try:
+            out = thunk()
+            results += out if isinstance(out, list) else [out]
+        except Exception as error:  # a broken check is a failed row, and the run goes on
+            last = traceback.format_exc().strip().splitlines()[-1]
+            results.append(CheckResult(name, "raised", float("nan"), float("nan"), "", False,
+                                       (f"{type(error).__name__}: {error}", last)))
+        if progress:
+            progress.advance()
+    if progress:
+        progress.close()
+    return results
+
+
+def format_table(results: list[CheckResult]) -> str:
+    header = ("problem", "check", "worst error", "bound", "result")
+    rows = [header] + [r.row() for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    out = [line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows[1:]]
+    notes = [(i, r) for i, r in enumerate(results, start=1) if r.notes]
+    if notes:
+        out += ["", "Notes:"]
+        for i, r in notes:
+            out += [f"  [{r.problem} / {r.check}]"] + [f"    - {n}" for n in r.notes]
+    return "\n".join(out)
+
+
+def main(quick: bool, json_path: str | None = None, only: str | None = None) -> int:
+    started = time.monotonic()
+    items = collect(quick)
+    if only:
+        items = [(name, thunk) for name, thunk in items if only.lower() in name.lower()]
+        if not items:
+            print(f"sophia-ref verify: no check matches --only {only!r}")
+            return 2
+    results = run(items, Progress(len(items), "verify"))
+    print(format_table(results))
+    failed = [r for r in results if not r.passed]
+    elapsed = time.monotonic() - started
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
+          f"({'quick' if quick else 'full'} run, {elapsed:.1f} s)")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump({"quick": quick, "seconds": elapsed, "results": [asdict(r) for r in results]}, f, indent=2)
+    return 1 if failed else 0
