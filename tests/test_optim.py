@@ -78,25 +78,26 @@ def test_steps_equal_the_pure_rule_bit_for_bit():
             assert torch.equal(p.detach(), e)
 
 
-def test_low_precision_parameters_follow_float64_master_copies():
-    """float32 parameters: state and master are float64, and the master trajectory equals a float64 run
-    fed the same (float32-representable) gradients and estimates; the parameter is the master rounded."""
+@pytest.mark.parametrize("low", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_parameters_follow_float64_master_copies(low):
+    """Low-precision parameters: state and master are float64, and the master trajectory equals a float64
+    run fed the same (representable) gradients and estimates; the parameter is the master rounded."""
     gen = torch.Generator().manual_seed(3)
-    start = torch.randn(40, generator=gen)
+    start = torch.randn(40, generator=gen).to(low)
     p32 = start.clone().requires_grad_()
     p64 = start.to(F64).requires_grad_()
     opts = [SophiaRef([p], lr=0.01, gamma=0.05, weight_decay=0.1, hessian_interval=2) for p in (p32, p64)]
     for t in range(20):
-        g = torch.randn(40, generator=gen)
-        hhat = torch.rand(40, generator=gen) - 0.2
+        g = torch.randn(40, generator=gen).to(low)
+        hhat = (torch.rand(40, generator=gen) - 0.2).to(low)
         for p, opt in zip((p32, p64), opts):
             p.grad = g.to(p.dtype)
             opt.step(hessian_estimate=[hhat.to(p.dtype)])
     state = opts[0].state[p32]
     assert state["master"].dtype == state["m"].dtype == state["h"].dtype == F64
     assert torch.equal(state["master"], p64.detach())
-    assert torch.equal(p32.detach(), p64.detach().float())
-    assert not torch.equal(p32.detach().double(), p64.detach())  # the float32 rounding is real, kept out of the run
+    assert torch.equal(p32.detach(), p64.detach().to(low))
+    assert not torch.equal(p32.detach().double(), p64.detach())  # the rounding is real, and kept out of the run
 
 
 def test_a_parameter_changed_from_outside_is_re_read():
