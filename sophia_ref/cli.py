@@ -35,7 +35,7 @@ def _verify(args: argparse.Namespace) -> int:
         from verification import run
     except ImportError as error:  # the verification package ships with sophia-ref; say so if it is missing
         raise SystemExit(f"sophia-ref verify: the verification package is not importable ({error})")
-    return run.main(quick=args.quick, json_path=args.json, only=args.only)
+    return run.main(quick=args.quick, json_path=args.json, only=args.only, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--quick", action="store_true", help="the short run for CI (about a minute)")
     verify.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     verify.add_argument("--only", metavar="TEXT", help="run only the checks whose name contains TEXT")
+    verify.add_argument("--verbose", action="store_true", help="print the notes behind every row")
     verify.set_defaults(run=_verify)
     return parser
 

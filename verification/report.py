@@ -22,6 +22,6 @@ class CheckResult:
     passed: bool
     notes: tuple[str, ...] = field(default=())
 
-    def row(self) -> tuple[str, str, str, str, str]:
-        return (self.problem, self.check, f"{self.worst:.3g} {self.unit}", f"{self.bound:.3g} {self.unit}",
-                "pass" if self.passed else "FAIL")
+    def row(self) -> tuple[str, str, str, str, str, str]:
+        return (self.problem, self.check, f"{self.worst:.3g}", f"{self.bound:.3g}",
+                "pass" if self.passed else "FAIL", self.unit)

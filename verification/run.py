@@ -51,21 +51,24 @@ def run(items: Iterable[tuple[str, Thunk]], progress: Progress | None = None) ->
     return results
 
 
-def format_table(results: list[CheckResult]) -> str:
-    header = ("problem", "check", "worst error", "bound", "result")
+def format_table(results: list[CheckResult], verbose: bool = False) -> str:
+    """The results as an aligned table; notes follow for failed rows (for every row when verbose)."""
+    header = ("problem", "check", "worst error", "bound", "result", "unit")
     rows = [header] + [r.row() for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
     out = [line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows[1:]]
-    notes = [(i, r) for i, r in enumerate(results, start=1) if r.notes]
-    if notes:
+    noted = [r for r in results if r.notes and (verbose or not r.passed)]
+    if noted:
         out += ["", "Notes:"]
-        for i, r in notes:
+        for r in noted:
             out += [f"  [{r.problem} / {r.check}]"] + [f"    - {n}" for n in r.notes]
+    elif any(r.notes for r in results):
+        out += ["", "(--verbose prints the notes behind every row: seeds, sample counts, findings.)"]
     return "\n".join(out)
 
 
-def main(quick: bool, json_path: str | None = None, only: str | None = None) -> int:
+def main(quick: bool, json_path: str | None = None, only: str | None = None, verbose: bool = False) -> int:
     started = time.monotonic()
     items = collect(quick)
     if only:
@@ -74,7 +77,7 @@ def main(quick: bool, json_path: str | None = None, only: str | None = None) -> 
             print(f"sophia-ref verify: no check matches --only {only!r}")
             return 2
     results = run(items, Progress(len(items), "verify"))
-    print(format_table(results))
+    print(format_table(results, verbose))
     failed = [r for r in results if not r.passed]
     elapsed = time.monotonic() - started
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
