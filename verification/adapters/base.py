@@ -1,0 +1,91 @@
+"""The protocol an implementation under test satisfies, so the harness can drive it step by step.
+
+The harness owns the data: float64 initial parameters, one gradient per step, and on
+refresh steps a :class:`Refresh` holding the estimate in both of the forms that
+implementations consume (the estimate itself, and for GNB-style implementations the
+sampled-label gradient it is made of). An adapter turns these into calls of its
+implementation's own API, and reads back (and, for teacher forcing, writes) the
+parameters and the paper's state ``(t, m, h)`` as float64 tensors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A Hessian-diagonal estimate for one step.
+
+    ``hhat`` is the estimate as the paper's rule folds it into h (GNB: ``B ghat^2``);
+    ``ghat`` is the sampled-label gradient with ``hhat = batch * ghat^2`` when the
+    estimate is GNB-shaped (None for estimates that may be negative, e.g. Hutchinson).
+    Implementations whose batch factor lives at step time (the official code) fold
+    ``ghat^2`` itself and multiply by ``batch`` when they step.
+    """
+
+    hhat: list[Tensor]
+    ghat: list[Tensor] | None = None
+    batch: float = 1.0
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The paper's hyperparameters in the v4 (gamma) form; rho-form implementations read gamma as rho."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    gamma: float
+    eps: float
+    weight_decay: float
+    hessian_interval: int
+    batch_size: float = 1.0
+
+
+class Adapter(ABC):
+    """One implementation under test. Subclasses set ``name``, ``version`` and ``dialect`` (the preset it
+    claims, or None when unknown) and implement the five methods below."""
+
+    name: str = "?"
+    version: str = "?"
+    dialect: str | None = None
+    #: whether ``step`` can take any estimate (True) or only GNB-shaped ones built from ``ghat`` (False)
+    accepts_any_estimate: bool = True
+
+    @abstractmethod
+    def build(self, params: list[Tensor], hyper: Hyperparameters, dtype: torch.dtype, device: str) -> None:
+        """Create the implementation on copies of ``params`` (float64 values) in ``dtype`` on ``device``."""
+
+    @abstractmethod
+    def step(self, grads: list[Tensor], refresh: Refresh | None) -> None:
+        """Take one step with these gradients; ``refresh`` is given on the steps the harness refreshes."""
+
+    @abstractmethod
+    def parameters(self) -> list[Tensor]:
+        """The current parameters, as float64 copies."""
+
+    @abstractmethod
+    def state(self) -> tuple[int, list[Tensor], list[Tensor]]:
+        """``(t, m, h)``: completed steps and the paper's m and h (B-free h where B lives at step time)."""
+
+    @abstractmethod
+    def load(self, params: list[Tensor], step: int, m: list[Tensor], h: list[Tensor]) -> None:
+        """Overwrite parameters and state (teacher forcing): the next step continues from these values."""
+
+    def internal_estimate(self, grads: list[Tensor], refresh: Refresh | None) -> list[Tensor] | None:
+        """For an implementation that makes its own estimate from what a step sees (e.g. p.grad**2 on
+        every step), the estimate it folds into h at this step, so the reference can be fed the same;
+        None when it takes the harness's estimate."""
+        return None
+
+    def describe(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def as_float64(tensors) -> list[Tensor]:
+    return [t.detach().to(device="cpu", dtype=torch.float64).clone() for t in tensors]

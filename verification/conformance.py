@@ -1,0 +1,280 @@
+"""The conformance harness: an implementation and the reference in lock-step over a battery of scenarios.
+
+Two tiers per scenario:
+
+- **teacher-forced**: before every step the reference's parameters and state are
+  loaded into the implementation, so each step is measured alone and error cannot
+  compound;
+- **free-running**: both start from the same point and run on their own.
+
+Errors are measured per coordinate in ulps *at operand scale*: the difference
+between the implementation's and the reference's new parameter, in units of the
+spacing of the implementation's dtype at ``max(|theta_t|, |theta_t+1|, lr)``, the
+largest operand of the final update (a difference relative to the result alone
+would be meaningless where the update cancels the parameter). The same is done for
+m and h (scale: the larger of the old and new values and the gradient or estimate
+folded in).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from sophia_ref import SophiaRef
+from sophia_ref.dialects import Dialect, get_dialect
+
+from .adapters.base import Adapter, Hyperparameters, Refresh
+from .adapters.convention import ConventionAdapter
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Seeded data for a run: parameter shapes, steps, hyperparameters, and how gradients and estimates look.
+
+    ``estimates``: ``"gnb"`` (``B ghat^2``, never negative), ``"signed"`` (Hutchinson-like, some
+    negative; only for implementations that accept any estimate), ``"near_floor"`` (``gamma hhat``
+    within a factor 2 of eps, either side). ``grad_scale`` scales the gradients (1e8: huge
+    gradients; 1e-12: momentum of the size of eps, so the floor region is not all sign steps).
+    """
+
+    name: str
+    shapes: tuple[tuple[int, ...], ...] = ((4, 5), (7,))
+    steps: int = 12
+    hyper: Hyperparameters = Hyperparameters(lr=0.01, beta1=0.9, beta2=0.95, gamma=0.05, eps=1e-12,
+                                             weight_decay=0.1, hessian_interval=3, batch_size=8.0)
+    seed: int = 0
+    estimates: str = "gnb"
+    grad_scale: float = 1.0
+    non_contiguous: bool = False
+
+
+def battery(quick: bool = False) -> list[Scenario]:
+    """The scenarios every implementation is run through."""
+    base = Scenario("random tensors")
+    out = [
+        base,
+        replace(base, name="0-d, empty and long tensors", shapes=((), (0,), (64,)), seed=1),
+        replace(base, name="refresh every step (k = 1)", hyper=replace(base.hyper, hessian_interval=1), seed=2),
+        replace(base, name="no weight decay", hyper=replace(base.hyper, weight_decay=0.0), seed=3),
+        replace(base, name="huge gradients", grad_scale=1e8, seed=4),
+        replace(base, name="curvature near eps/gamma", estimates="near_floor", grad_scale=1e-12, seed=5,
+                hyper=replace(base.hyper, beta2=0.0)),  # h = hhat: gamma h straddles eps; m / eps ~ 0.1
+        replace(base, name="negative h (signed estimates)", estimates="signed", seed=6),
+        replace(base, name="non-contiguous tensors", non_contiguous=True, seed=7),
+    ]
+    if not quick:
+        out += [
+            replace(base, name="refresh every 5 steps, 30 steps", steps=30,
+                    hyper=replace(base.hyper, hessian_interval=5), seed=8),
+            replace(base, name="paper defaults (b1 0.96, b2 0.99, k 10)", steps=25,
+                    hyper=Hyperparameters(lr=0.02, beta1=0.96, beta2=0.99, gamma=0.01, eps=1e-12, weight_decay=0.0,
+                                          hessian_interval=10, batch_size=8.0), seed=9),
+        ]
+    return out
+
+
+def refresh_steps(dialect: Dialect, k: int, steps: int) -> list[int]:
+    """The steps on which the harness hands out an estimate: the dialect's own schedule; for a caller-driven
+    refresh, the official recipe's (after step k, 2k, ...: the refresh of steps k + 1, 2k + 1, ...)."""
+    if dialect.knobs.refresh == "caller":
+        return [t for t in range(1, steps + 1) if t > 1 and (t - 1) % k == 0]
+    return [t for t in range(1, steps + 1) if (t - 1) % k == 0]
+
+
+@dataclass
+class Data:
+    init: list[Tensor]
+    grads: list[list[Tensor]]
+    refreshes: dict[int, Refresh]
+
+
+def make_data(scenario: Scenario, dialect: Dialect) -> Data:
+    """Seeded float64 data; estimates in the dialect's own meaning (B-free where B lives at step time)."""
+    gen = torch.Generator().manual_seed(scenario.seed)
+    hyper = scenario.hyper
+
+    def randn(shape):
+        t = torch.randn(shape, dtype=F64, generator=gen)
+        if scenario.non_contiguous and t.dim() >= 1 and t.numel() > 1:
+            t = torch.randn(tuple(shape) + (2,), dtype=F64, generator=gen)[..., 0]  # a strided view
+        return t
+
+    init = [randn(s) for s in scenario.shapes]
+    grads = [[scenario.grad_scale * randn(s) for s in scenario.shapes] for _ in range(scenario.steps)]
+    refreshes = {}
+    for t in refresh_steps(dialect, hyper.hessian_interval, scenario.steps):
+        ghat = [0.3 * randn(s) for s in scenario.shapes]
+        b = hyper.batch_size
+        b_in_estimate = dialect.knobs.batch_factor == "estimate"
+        if scenario.estimates == "gnb":
+            hhat = [(b if b_in_estimate else 1.0) * g * g for g in ghat]
+        elif scenario.estimates == "near_floor":  # gamma * h within a factor 2 of eps
+            target = hyper.eps / hyper.gamma
+            hhat = [target * (1.0 + 0.5 * torch.tanh(randn(s))) for s in scenario.shapes]
+            ghat = None
+        else:
+            hhat = [randn(s) for s in scenario.shapes]
+            ghat = None
+        refreshes[t] = Refresh(hhat=hhat, ghat=ghat, batch=b)
+    return Data(init, grads, refreshes)
+
+
+def reference_adapter(dialect: Dialect) -> Adapter:
+    return ConventionAdapter(SophiaRef, "SophiaRef (reference)", dialect=dialect.name, extra={"dialect": dialect})
+
+
+def _spacing(scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """The ulp of ``dtype`` at each |scale| (the smallest subnormal step near 0)."""
+    info = torch.finfo(dtype)
+    exponent = torch.floor(torch.log2(scale.to(F64).clamp(min=info.tiny)))
+    return torch.exp2(exponent) * info.eps
+
+
+@dataclass
+class Worst:
+    ulps: float = 0.0
+    relative: float = 0.0
+    where: str = ""
+
+    def update(self, got: Tensor, want: Tensor, scale: Tensor, dtype, label: str) -> None:
+        if got.numel() == 0:
+            return
+        diff = (got - want).abs()
+        ulps = diff / _spacing(scale, dtype)
+        i = int(torch.argmax(ulps))
+        if float(ulps.reshape(-1)[i]) > self.ulps or (math.isnan(float(ulps.reshape(-1)[i])) and not math.isnan(self.ulps)):
+            self.ulps = float(ulps.reshape(-1)[i])
+            self.where = f"{label}[{i}]: got {float(got.reshape(-1)[i])!r}, reference {float(want.reshape(-1)[i])!r}"
+        rel = diff / want.abs().clamp(min=torch.finfo(dtype).tiny)
+        self.relative = max(self.relative, float(rel.max()))
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    tier: str
+    steps: int
+    params: Worst = field(default_factory=Worst)
+    m: Worst = field(default_factory=Worst)
+    h: Worst = field(default_factory=Worst)
+    error: str | None = None
+    skipped: str | None = None
+
+    @property
+    def worst_ulps(self) -> float:
+        return max(self.params.ulps, self.m.ulps, self.h.ulps)
+
+
+def _build(adapter: Adapter, init, hyper, dtype, device):
+    adapter.build([t.clone() for t in init], hyper, dtype, device)
+
+
+def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: str,
+                 dtype: torch.dtype = F64, device: str = "cpu") -> ScenarioResult:
+    """One scenario, one tier; an exception in the implementation becomes ``error``, never a crash."""
+    result = ScenarioResult(scenario.name, tier, scenario.steps)
+    if scenario.estimates != "gnb" and not adapter.accepts_any_estimate:
+        result.skipped = "takes only GNB-shaped estimates (squares of a gradient)"
+        return result
+    data = make_data(scenario, dialect)
+    hyper = scenario.hyper
+    reference = reference_adapter(dialect)
+    _build(reference, data.init, hyper, F64, "cpu")
+    try:
+        _build(adapter, data.init, hyper, dtype, device)
+    except Exception as error:  # the implementation rejected the set-up: a finding, not a crash
+        result.error = f"building it failed: {type(error).__name__}: {error}"
+        return result
+    for t in range(1, scenario.steps + 1):
+        grads, refresh = data.grads[t - 1], data.refreshes.get(t)
+        before = reference.parameters()
+        try:
+            if tier == "teacher-forced":
+                step_count, m, h = reference.state()
+                adapter.load(before, step_count if t > 1 else 0, m, h)
+            internal = adapter.internal_estimate(grads, refresh)
+            adapter.step(grads, refresh)
+            got = adapter.parameters()
+            _, m_got, h_got = adapter.state()
+        except Exception as error:  # the implementation raised: a finding, not a crash
+            result.error = f"step {t}: {type(error).__name__}: {error}"
+            return result
+        reference.step(grads, Refresh(hhat=internal) if internal is not None else refresh)
+        want = reference.parameters()
+        lr = torch.tensor(hyper.lr, dtype=F64)
+        for i, (g_i, w_i, b_i) in enumerate(zip(got, want, before)):
+            if not bool(torch.isfinite(g_i).all()):
+                result.error = f"step {t}: parameter {i} became non-finite"
+                return result
+            scale = torch.maximum(torch.maximum(b_i.abs(), w_i.abs()), lr)
+            result.params.update(g_i, w_i, scale, dtype, f"step {t}, parameter {i}")
+        _, m_ref, h_ref = reference.state()
+        for i in range(len(m_ref)):
+            g_scale = grads[i].abs()
+            result.m.update(m_got[i], m_ref[i], torch.maximum(m_ref[i].abs(), g_scale), dtype, f"step {t}, m {i}")
+            result.h.update(h_got[i], h_ref[i], h_ref[i].abs(), dtype, f"step {t}, h {i}")
+    return result
+
+
+@dataclass
+class Certificate:
+    implementation: str
+    version: str
+    dialect: str
+    dtype: str
+    device: str
+    seed: int
+    conforms: bool
+    metrics: dict
+    findings: list[str]
+    tool_version: str
+    results: list[ScenarioResult] = field(default_factory=list)
+
+
+#: float64: each step of a correct float64 implementation lands within a few roundings of the reference
+FLOAT64_STEP_ULPS = 4.0
+#: free-running: rounding differences may compound by about one ulp per step (see the trajectory oracle)
+FLOAT64_GROWTH_ULPS_PER_STEP = 2.0
+
+
+def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool = False,
+            dtype: torch.dtype = F64, device: str = "cpu") -> Certificate:
+    """Run the battery for one implementation against one dialect and decide."""
+    from sophia_ref import __version__
+
+    preset = get_dialect(dialect or adapter.dialect or "paper")
+    results = []
+    for scenario in battery(quick):
+        for tier in ("teacher-forced", "free-running"):
+            results.append(run_scenario(adapter, preset, scenario, tier, dtype, device))
+    findings, ok = [], True
+    for r in results:
+        if r.skipped:
+            continue
+        if r.error:
+            ok = False
+            findings.append(f"{r.scenario} ({r.tier}): the implementation failed: {r.error}")
+            continue
+        bound = FLOAT64_STEP_ULPS * (1 if r.tier == "teacher-forced" else FLOAT64_GROWTH_ULPS_PER_STEP * r.steps)
+        if not (r.worst_ulps <= bound):
+            ok = False
+            part = max((("parameters", r.params), ("m", r.m), ("h", r.h)), key=lambda x: x[1].ulps)
+            findings.append(f"{r.scenario} ({r.tier}): {part[0]} off by {part[1].ulps:.3g} ulps "
+                            f"(bound {bound:g}) at {part[1].where}")
+    ran = [r for r in results if not r.skipped and not r.error]
+    metrics = {
+        "teacher_forced_max_ulps": max((r.worst_ulps for r in ran if r.tier == "teacher-forced"), default=None),
+        "free_running_max_ulps": max((r.worst_ulps for r in ran if r.tier == "free-running"), default=None),
+        "max_relative_error": max((max(r.params.relative, r.m.relative, r.h.relative) for r in ran), default=None),
+        "scenarios_run": len(ran),
+        "scenarios_skipped": sum(1 for r in results if r.skipped),
+        "scenarios_failed": sum(1 for r in results if r.error),
+    }
+    return Certificate(adapter.name, adapter.version, preset.name, str(dtype).replace("torch.", ""), device, 0, ok,
+                       metrics, findings, __version__, results)
