@@ -38,6 +38,12 @@ def _verify(args: argparse.Namespace) -> int:
     return run.main(quick=args.quick, json_path=args.json, only=args.only, verbose=args.verbose)
 
 
+def _certify(args: argparse.Namespace) -> int:
+    from verification import certify
+
+    return certify.main(args.impl, args.dialect, args.dtype, args.device, args.json, args.quick)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sophia-ref",
@@ -75,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--only", metavar="TEXT", help="run only the checks whose name contains TEXT")
     verify.add_argument("--verbose", action="store_true", help="print the notes behind every row")
     verify.set_defaults(run=_verify)
+
+    certify = commands.add_parser(
+        "certify", help="run implementations in lock-step with the reference and say which dialect they compute",
+        description="Certifies each IMPL against the float64 reference over a battery of scenarios, teacher-forced "
+                    "(one step at a time from the reference's state) and free-running, and prints the conformance "
+                    "matrix. IMPL is module:object (a torch.optim.Optimizer subclass or factory following the "
+                    "SophiaRef convention, or an Adapter) or a known name; with no IMPL, the project's own "
+                    "implementation and every public one installed. Exit status 0 only if every one conforms.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    certify.add_argument("impl", nargs="*", metavar="IMPL", help="implementations to certify")
+    certify.add_argument("--dialect", default=None, metavar="D",
+                         help="the dialect to hold them to (a preset name); default: the one each claims")
+    certify.add_argument("--dtype", default="float64", choices=["float64", "float32", "bfloat16", "float16"],
+                         help="parameter dtype")
+    certify.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the implementation")
+    certify.add_argument("--json", metavar="DIR", help="write one JSON certificate per implementation into DIR")
+    certify.add_argument("--quick", action="store_true", help="a shorter battery")
+    certify.set_defaults(run=_certify)
     return parser
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -244,13 +245,19 @@ FLOAT64_GROWTH_ULPS_PER_STEP = 2.0
 
 
 def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool = False,
-            dtype: torch.dtype = F64, device: str = "cpu") -> Certificate:
-    """Run the battery for one implementation against one dialect and decide."""
+            dtype: torch.dtype = F64, device: str = "cpu",
+            on_scenario: Callable[[str], None] | None = None) -> Certificate:
+    """Run the battery for one implementation against one dialect and decide.
+
+    ``on_scenario`` is called with each scenario's name before it runs (for progress bars).
+    """
     from sophia_ref import __version__
 
     preset = get_dialect(dialect or adapter.dialect or "paper")
     results = []
     for scenario in battery(quick):
+        if on_scenario:
+            on_scenario(scenario.name)
         for tier in ("teacher-forced", "free-running"):
             results.append(run_scenario(adapter, preset, scenario, tier, dtype, device))
     findings, ok = [], True

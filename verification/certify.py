@@ -1,0 +1,212 @@
+"""``sophia-ref certify``: resolve implementations, run the conformance battery, print the matrix, write certificates.
+
+An implementation is named as ``module:object`` (an :class:`~verification.adapters.base.Adapter`
+subclass, a ``torch.optim.Optimizer`` subclass following the SophiaRef convention, or a
+factory returning one) or by one of the short names in :data:`KNOWN`. Nothing a user names
+can crash the run: an import error, a constructor that rejects the hyperparameters, an
+implementation that raises or returns NaN mid-run, each becomes a failed certificate with a
+plain-language finding, and the run goes on with the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+import os
+import re
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from sophia_ref.dialects import get_dialect
+
+from .adapters.base import Adapter
+from .adapters.convention import ConventionAdapter
+from .conformance import Certificate, battery, certify
+from .progress import Progress
+
+#: short names of the implementations the project knows how to drive: name -> (adapter, distribution)
+KNOWN: dict[str, tuple[str, str | None]] = {
+    "sophia-ref": ("verification.certify:sophia_ref_adapter", None),
+}
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Unavailable(Exception):
+    """The implementation cannot be loaded (missing package, bad name): a failed certificate, not a crash."""
+
+
+def sophia_ref_adapter() -> Adapter:
+    from sophia_ref import SophiaRef, __version__
+
+    return ConventionAdapter(SophiaRef, "sophia_ref.SophiaRef", __version__, dialect="paper")
+
+
+def _load(spec: str):
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise Unavailable(f"{spec!r} is not of the form module:object (or one of {', '.join(KNOWN)})")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise Unavailable(f"cannot import module {module_name!r}: {type(error).__name__}: {error}") from None
+    obj = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise Unavailable(f"module {module_name!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve(spec: str, dialect: str | None = None) -> Adapter:
+    """The adapter for ``spec``; raises :class:`Unavailable` with a plain message."""
+    target = KNOWN[spec][0] if spec in KNOWN else spec
+    obj = _load(target)
+    if inspect.isclass(obj) and issubclass(obj, Adapter):
+        adapter = obj()
+    elif isinstance(obj, Adapter):
+        adapter = obj
+    elif spec in KNOWN and callable(obj):
+        adapter = obj()
+    elif callable(obj):  # an Optimizer subclass or a factory that follows the SophiaRef convention
+        adapter = ConventionAdapter(obj, spec, _version_of(spec), dialect=dialect)
+    else:
+        raise Unavailable(f"{spec!r} is a {type(obj).__name__}, not an optimizer class, factory or Adapter")
+    if dialect:
+        adapter.dialect = dialect
+    return adapter
+
+
+def _version_of(spec: str) -> str:
+    from importlib import metadata
+
+    top = spec.split(":")[0].split(".")[0]
+    try:
+        return metadata.version(top)
+    except metadata.PackageNotFoundError:
+        module = importlib.import_module(spec.split(":")[0])
+        return str(getattr(module, "__version__", "?"))
+
+
+def failed_certificate(spec: str, why: str, dialect: str | None, dtype: str, device: str) -> Certificate:
+    from sophia_ref import __version__
+
+    return Certificate(spec, "?", dialect or "?", dtype, device, 0, False, {}, [why], __version__)
+
+
+def installed_public() -> list[str]:
+    """The short names whose packages are importable here (the project's own implementations first)."""
+    names = []
+    for name, (target, distribution) in KNOWN.items():
+        if distribution is not None:
+            try:
+                importlib.import_module(distribution)
+            except Exception:
+                continue
+        names.append(name)
+    return names
+
+
+def run_all(specs: list[str], dialect: str | None, quick: bool, dtype_name: str, device: str,
+            progress_factory: Callable[[int, str], Progress] | None = None) -> list[Certificate]:
+    certificates = []
+    for spec in specs:
+        try:
+            adapter = resolve(spec, None if dialect in (None, "auto") else dialect)
+            preset = get_dialect(adapter.dialect or "paper")
+        except (Unavailable, ValueError) as error:
+            certificates.append(failed_certificate(spec, str(error), dialect, dtype_name, device))
+            continue
+        progress = progress_factory(len(battery(quick)), f"certify {spec}") if progress_factory else None
+
+        def on_scenario(name: str) -> None:
+            if progress:
+                progress.update(name)
+                progress.advance()
+
+        cert = certify(adapter, preset, quick=quick, dtype=DTYPES[dtype_name], device=device, on_scenario=on_scenario)
+        cert.implementation = spec if spec not in KNOWN else adapter.name
+        if progress:
+            progress.close()
+        certificates.append(cert)
+    return certificates
+
+
+def _properties(cert: Certificate) -> dict[str, str]:
+    """The matrix row: the dialect's properties, which conformance verified when the certificate holds."""
+    known = cert.conforms and cert.dialect != "?"
+    if not known:
+        return dict(clip="?", negh="?", eps="?", bias="?", refresh="?", batch="?")
+    preset = get_dialect(cert.dialect)
+    k = preset.knobs
+    return dict(clip="yes" if k.clip_bounded else "no (h < 0)", negh="yes" if k.clip_bounded else "no: ascent",
+                eps=f"{preset.defaults['eps']:g} {'in max' if k.eps_placement == 'max' else 'added'}",
+                bias="yes" if k.bias_correction else "no",
+                refresh={"immediate": "(t-1)%k, at once", "next_step": "(t-1)%k, next step",
+                         "caller": "caller"}[k.refresh],
+                batch="in estimate" if k.batch_factor == "estimate" else "at step")
+
+
+def matrix(certificates: list[Certificate]) -> str:
+    header = ("implementation", "version", "dialect", "clip bound", "negative-h safe", "eps", "bias corr.",
+              "refresh", "B factor", "max error (teacher-forced / free)", "verdict")
+    rows = [header]
+    for c in certificates:
+        p = _properties(c)
+        tf, fr = c.metrics.get("teacher_forced_max_ulps"), c.metrics.get("free_running_max_ulps")
+        err = "-" if tf is None else f"{tf:.3g} / {fr:.3g} ulp"
+        rows.append((c.implementation, c.version, c.dialect, p["clip"], p["negh"], p["eps"], p["bias"], p["refresh"],
+                     p["batch"], err, "conforms" if c.conforms else "FAILS"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    line = lambda r: " | ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip()
+    out = [line(header), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+    for c in certificates:
+        if c.findings:
+            out += ["", f"{c.implementation}:"] + [f"  - {f}" for f in c.findings]
+    return "\n".join(out)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_certificates(certificates: list[Certificate], directory: str) -> list[str]:
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for c in certificates:
+        data = asdict(c)
+        data["results"] = [asdict(r) for r in c.results]
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", c.implementation).strip("_") or "implementation"
+        path = os.path.join(directory, f"{stem}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(_json_safe(data), f, indent=2)
+        paths.append(path)
+    return paths
+
+
+def main(impls: list[str], dialect: str | None, dtype: str, device: str, json_dir: str | None, quick: bool) -> int:
+    if dtype != "float64":
+        print(f"sophia-ref certify: --dtype {dtype}: the low-precision tolerance model is not available in this "
+              "version; certify float64 implementations")
+        return 2
+    if device != "cpu" and not torch.cuda.is_available():
+        print(f"sophia-ref certify: --device {device}: no CUDA device is available here")
+        return 2
+    specs = impls or installed_public()
+    certificates = run_all(specs, dialect, quick, dtype, device, lambda n, label: Progress(n, label))
+    print(matrix(certificates))
+    if json_dir:
+        for path in write_certificates(certificates, json_dir):
+            print(f"wrote {path}")
+    failed = [c for c in certificates if not c.conforms]
+    print(f"\n{len(certificates) - len(failed)} of {len(certificates)} implementations conform")
+    return 1 if failed else 0
