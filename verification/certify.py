@@ -158,6 +158,9 @@ def matrix(certificates: list[Certificate]) -> str:
         p = _properties(c)
         tf, fr = c.metrics.get("teacher_forced_max_ulps"), c.metrics.get("free_running_max_ulps")
         err = "-" if tf is None else f"{tf:.3g} / {fr:.3g} ulp"
+        if tf is not None and c.metrics.get("naive_teacher_forced_max_ulps") is not None:
+            err += (f" (naive float32: {c.metrics['naive_teacher_forced_max_ulps']:.3g} / "
+                    f"{c.metrics['naive_free_running_max_ulps']:.3g})")
         rows.append((c.implementation, c.version, c.dialect, p["clip"], p["negh"], p["eps"], p["bias"], p["refresh"],
                      p["batch"], err, "conforms" if c.conforms else "FAILS"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
@@ -194,10 +197,6 @@ def write_certificates(certificates: list[Certificate], directory: str) -> list[
 
 
 def main(impls: list[str], dialect: str | None, dtype: str, device: str, json_dir: str | None, quick: bool) -> int:
-    if dtype != "float64":
-        print(f"sophia-ref certify: --dtype {dtype}: the low-precision tolerance model is not available in this "
-              "version; certify float64 implementations")
-        return 2
     if device != "cpu" and not torch.cuda.is_available():
         print(f"sophia-ref certify: --device {device}: no CUDA device is available here")
         return 2

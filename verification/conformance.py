@@ -14,6 +14,17 @@ largest operand of the final update (a difference relative to the result alone
 would be meaningless where the update cancels the parameter). The same is done for
 m and h (scale: the larger of the old and new values and the gradient or estimate
 folded in).
+
+Tolerances. A float64 implementation must match to a few ulps: at most
+:data:`FLOAT64_STEP_ULPS` per teacher-forced step, and a growth of at most
+:data:`FLOAT64_GROWTH_ULPS_PER_STEP` per step free-running. A low-precision
+implementation (float32, bfloat16 or float16 parameters) is held to the error of a
+*naive* evaluation measured in the same run on the same inputs (:class:`NaiveAdapter`:
+the rule's equations in float32 arithmetic with float32 state, the parameters rounded
+to their dtype after each step): per quantity, its error may be at most twice the
+naive error plus a floor of 2 ulps. Parameter errors count in ulps of the parameter
+dtype, m and h in ulps of float32, so an implementation that rounds its state to
+bfloat16 every step is caught even where the parameters' own rounding hides it.
 """
 
 from __future__ import annotations
@@ -28,10 +39,19 @@ from torch import Tensor
 from sophia_ref import SophiaRef
 from sophia_ref.dialects import Dialect, get_dialect
 
-from .adapters.base import Adapter, Hyperparameters, Refresh
+from .adapters.base import Adapter, Hyperparameters, Refresh, as_float64
 from .adapters.convention import ConventionAdapter
 
 F64 = torch.float64
+
+
+#: float64: each step of a correct float64 implementation lands within a few roundings of the reference
+FLOAT64_STEP_ULPS = 4.0
+#: free-running: rounding differences may compound by about one ulp per step (see the trajectory oracle)
+FLOAT64_GROWTH_ULPS_PER_STEP = 2.0
+#: low precision: at most twice the naive same-dtype evaluation's error, plus a floor of 2 ulps
+LOW_PRECISION_FACTOR = 2.0
+LOW_PRECISION_FLOOR_ULPS = 2.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +176,54 @@ class Worst:
         self.relative = max(self.relative, float(rel.max()))
 
 
+class NaiveAdapter(Adapter):
+    """The rule's equations evaluated plainly in float32 with float32 state, parameters stored in ``dtype``
+    and gradients and estimates handed in as ``dtype``: the yardstick of the low-precision tolerance model."""
+
+    accepts_any_estimate = True
+
+    def __init__(self, dialect: Dialect):
+        self.dialect_preset = dialect
+        self.name, self.version, self.dialect = "naive float32 evaluation", "-", dialect.name
+
+    def build(self, params, hyper, dtype, device) -> None:
+        from sophia_ref import rule
+
+        self.dtype, self.device = dtype, device
+        self.hyper = rule.Hyper(lr=hyper.lr, beta1=hyper.beta1, beta2=hyper.beta2, gamma=hyper.gamma, eps=hyper.eps,
+                                weight_decay=hyper.weight_decay, hessian_interval=hyper.hessian_interval,
+                                batch_size=hyper.batch_size)
+        self.params = [p.to(device=device, dtype=dtype).clone() for p in params]
+        self.states = [rule.State(0, torch.zeros(p.shape, dtype=torch.float32, device=device),
+                                  torch.zeros(p.shape, dtype=torch.float32, device=device)) for p in params]
+
+    def step(self, grads, refresh) -> None:
+        from sophia_ref import rule
+
+        def as_input(x):  # what a kernel for these parameters is handed: a tensor of the parameter dtype
+            return x.to(device=self.device, dtype=self.dtype).to(torch.float32)
+
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            hhat = None if refresh is None else as_input(refresh.hhat[i])
+            theta = p.to(torch.float32)
+            self.states[i], delta, _ = rule.update(self.states[i], theta, as_input(g), self.hyper,
+                                                   self.dialect_preset.knobs, hhat)
+            self.params[i] = (theta + delta).to(self.dtype)
+
+    def parameters(self):
+        return as_float64(self.params)
+
+    def state(self):
+        return self.states[0].step, as_float64(s.m for s in self.states), as_float64(s.h for s in self.states)
+
+    def load(self, params, step, m, h) -> None:
+        from sophia_ref import rule
+
+        self.params = [p.to(device=self.device, dtype=self.dtype).clone() for p in params]
+        self.states = [rule.State(step, mi.to(device=self.device, dtype=torch.float32),
+                                  hi.to(device=self.device, dtype=torch.float32)) for mi, hi in zip(m, h)]
+
+
 @dataclass
 class ScenarioResult:
     scenario: str
@@ -166,23 +234,108 @@ class ScenarioResult:
     h: Worst = field(default_factory=Worst)
     error: str | None = None
     skipped: str | None = None
+    #: low precision: the naive float32 evaluation's errors on the same inputs (None for float64)
+    naive: dict[str, Worst] | None = None
 
     @property
     def worst_ulps(self) -> float:
         return max(self.params.ulps, self.m.ulps, self.h.ulps)
+
+    def bounds(self) -> dict[str, float]:
+        """The largest error allowed for parameters, m and h (see the module docstring)."""
+        if self.naive is None:
+            per_step = FLOAT64_STEP_ULPS * (1 if self.tier == "teacher-forced" else FLOAT64_GROWTH_ULPS_PER_STEP * self.steps)
+            return {"parameters": per_step, "m": per_step, "h": per_step}
+        return {k: LOW_PRECISION_FACTOR * w.ulps + LOW_PRECISION_FLOOR_ULPS for k, w in self.naive.items()}
+
+    def violations(self) -> list[tuple[str, Worst, float]]:
+        bounds = self.bounds()
+        got = {"parameters": self.params, "m": self.m, "h": self.h}
+        return [(k, got[k], bounds[k]) for k in got if not got[k].ulps <= bounds[k]]
 
 
 def _build(adapter: Adapter, init, hyper, dtype, device):
     adapter.build([t.clone() for t in init], hyper, dtype, device)
 
 
+def _measure(into: dict[str, Worst], got, m_got, h_got, want, before, m_ref, h_ref, grads, lr, dtype, state_dtype, t):
+    for i, (g_i, w_i, b_i) in enumerate(zip(got, want, before)):
+        scale = torch.maximum(torch.maximum(b_i.abs(), w_i.abs()), lr)
+        into["parameters"].update(g_i, w_i, scale, dtype, f"step {t}, parameter {i}")
+    for i in range(len(m_ref)):
+        into["m"].update(m_got[i], m_ref[i], torch.maximum(m_ref[i].abs(), grads[i].abs()), state_dtype,
+                         f"step {t}, m {i}")
+        into["h"].update(h_got[i], h_ref[i], h_ref[i].abs(), state_dtype, f"step {t}, h {i}")
+
+
 def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: str,
                  dtype: torch.dtype = F64, device: str = "cpu") -> ScenarioResult:
-    """One scenario, one tier; an exception in the implementation becomes ``error``, never a crash."""
+    """One scenario, one tier; an exception in the implementation becomes ``error``, never a crash.
+
+    For a low-precision ``dtype`` the naive float32 evaluation runs alongside on the same
+    inputs (teacher-forced from the same reference states) and its errors are kept in
+    ``result.naive``.
+    """
     result = ScenarioResult(scenario.name, tier, scenario.steps)
     if scenario.estimates != "gnb" and not adapter.accepts_any_estimate:
         result.skipped = "takes only GNB-shaped estimates (squares of a gradient)"
         return result
+    data = make_data(scenario, dialect)
+    hyper = scenario.hyper
+    largest = max((float(x.abs().max()) for step in data.grads for x in step if x.numel()), default=0.0)
+    info, name = torch.finfo(dtype), str(dtype).replace("torch.", "")
+    if largest > info.max / 16:
+        result.skipped = f"its gradients (up to {largest:.3g}) overflow {name}"
+        return result
+    if largest < info.tiny * 1e3:
+        result.skipped = f"its gradients (at most {largest:.3g}) underflow {name}"
+        return result
+    reference = reference_adapter(dialect)
+    _build(reference, data.init, hyper, F64, "cpu")
+    naive = None
+    if dtype != F64:
+        naive = NaiveAdapter(dialect)
+        _build(naive, data.init, hyper, dtype, "cpu")
+        result.naive = {"parameters": Worst(), "m": Worst(), "h": Worst()}
+    state_dtype = F64 if naive is None else torch.float32
+    try:
+        _build(adapter, data.init, hyper, dtype, device)
+    except Exception as error:  # the implementation rejected the set-up: a finding, not a crash
+        result.error = f"building it failed: {type(error).__name__}: {error}"
+        return result
+    lr = torch.tensor(hyper.lr, dtype=F64)
+    own = {"parameters": result.params, "m": result.m, "h": result.h}
+    for t in range(1, scenario.steps + 1):
+        grads, refresh = data.grads[t - 1], data.refreshes.get(t)
+        before = reference.parameters()
+        step_count, m, h = reference.state()
+        try:
+            if tier == "teacher-forced":
+                adapter.load(before, step_count if t > 1 else 0, m, h)
+            internal = adapter.internal_estimate(grads, refresh)
+            adapter.step(grads, refresh)
+            got = adapter.parameters()
+            _, m_got, h_got = adapter.state()
+        except Exception as error:  # the implementation raised: a finding, not a crash
+            result.error = f"step {t}: {type(error).__name__}: {error}"
+            return result
+        for i, g_i in enumerate(got):
+            if not bool(torch.isfinite(g_i).all()):
+                result.error = f"step {t}: parameter {i} became non-finite"
+                return result
+        ref_refresh = Refresh(hhat=internal) if internal is not None else refresh
+        reference.step(grads, ref_refresh)
+        want = reference.parameters()
+        _, m_ref, h_ref = reference.state()
+        _measure(own, got, m_got, h_got, want, before, m_ref, h_ref, grads, lr, dtype, state_dtype, t)
+        if naive is not None:
+            if tier == "teacher-forced":
+                naive.load(before, step_count if t > 1 else 0, m, h)
+            naive.step(grads, ref_refresh)
+            _, m_naive, h_naive = naive.state()
+            _measure(result.naive, naive.parameters(), m_naive, h_naive, want, before, m_ref, h_ref, grads, lr,
+                     dtype, state_dtype, t)
+    return result
     data = make_data(scenario, dialect)
     hyper = scenario.hyper
     reference = reference_adapter(dialect)
@@ -238,10 +391,6 @@ class Certificate:
     results: list[ScenarioResult] = field(default_factory=list)
 
 
-#: float64: each step of a correct float64 implementation lands within a few roundings of the reference
-FLOAT64_STEP_ULPS = 4.0
-#: free-running: rounding differences may compound by about one ulp per step (see the trajectory oracle)
-FLOAT64_GROWTH_ULPS_PER_STEP = 2.0
 
 
 def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool = False,
@@ -268,14 +417,18 @@ def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool 
             ok = False
             findings.append(f"{r.scenario} ({r.tier}): the implementation failed: {r.error}")
             continue
-        bound = FLOAT64_STEP_ULPS * (1 if r.tier == "teacher-forced" else FLOAT64_GROWTH_ULPS_PER_STEP * r.steps)
-        if not (r.worst_ulps <= bound):
+        for what, worst, bound in r.violations():
             ok = False
-            part = max((("parameters", r.params), ("m", r.m), ("h", r.h)), key=lambda x: x[1].ulps)
-            findings.append(f"{r.scenario} ({r.tier}): {part[0]} off by {part[1].ulps:.3g} ulps "
-                            f"(bound {bound:g}) at {part[1].where}")
+            naive = "" if r.naive is None else f"; the naive float32 evaluation: {r.naive[what].ulps:.3g} ulps"
+            findings.append(f"{r.scenario} ({r.tier}): {what} off by {worst.ulps:.3g} ulps (bound {bound:.3g}{naive}) "
+                            f"at {worst.where}")
     ran = [r for r in results if not r.skipped and not r.error]
+    naive_runs = [r for r in ran if r.naive is not None]
     metrics = {
+        "naive_teacher_forced_max_ulps": max((max(w.ulps for w in r.naive.values()) for r in naive_runs
+                                              if r.tier == "teacher-forced"), default=None),
+        "naive_free_running_max_ulps": max((max(w.ulps for w in r.naive.values()) for r in naive_runs
+                                            if r.tier == "free-running"), default=None),
         "teacher_forced_max_ulps": max((r.worst_ulps for r in ran if r.tier == "teacher-forced"), default=None),
         "free_running_max_ulps": max((r.worst_ulps for r in ran if r.tier == "free-running"), default=None),
         "max_relative_error": max((max(r.params.relative, r.m.relative, r.h.relative) for r in ran), default=None),
