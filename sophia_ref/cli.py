@@ -41,7 +41,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _certify(args: argparse.Namespace) -> int:
     from verification import certify
 
-    return certify.main(args.impl, args.dialect, args.dtype, args.device, args.json, args.quick)
+    return certify.main(args.impl, args.dialect, args.dtype, args.device, args.json, args.quick, args.readme)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the implementation")
     certify.add_argument("--json", metavar="DIR", help="write one JSON certificate per implementation into DIR")
     certify.add_argument("--quick", action="store_true", help="a shorter battery")
+    certify.add_argument("--readme", metavar="PATH",
+                         help="also write the matrix (with the date and versions) between the conformance-matrix "
+                              "markers of PATH")
     certify.set_defaults(run=_certify)
     return parser
 

@@ -121,10 +121,7 @@ def make_data(scenario: Scenario, dialect: Dialect) -> Data:
     hyper = scenario.hyper
 
     def randn(shape):
-        t = torch.randn(shape, dtype=F64, generator=gen)
-        if scenario.non_contiguous and t.dim() >= 1 and t.numel() > 1:
-            t = torch.randn(tuple(shape) + (2,), dtype=F64, generator=gen)[..., 0]  # a strided view
-        return t
+        return torch.randn(shape, dtype=F64, generator=gen)
 
     init = [randn(s) for s in scenario.shapes]
     grads = [[scenario.grad_scale * randn(s) for s in scenario.shapes] for _ in range(scenario.steps)]
@@ -143,7 +140,21 @@ def make_data(scenario: Scenario, dialect: Dialect) -> Data:
             hhat = [randn(s) for s in scenario.shapes]
             ghat = None
         refreshes[t] = Refresh(hhat=hhat, ghat=ghat, batch=b)
+    if scenario.non_contiguous:
+        init, grads = _strided(init), [_strided(g) for g in grads]
+        refreshes = {t: Refresh(_strided(r.hhat), None if r.ghat is None else _strided(r.ghat), r.batch)
+                     for t, r in refreshes.items()}
     return Data(init, grads, refreshes)
+
+
+def _strided(tensors: list[Tensor]) -> list[Tensor]:
+    """The same values as views with a gap between elements (every other element of a buffer)."""
+    out = []
+    for t in tensors:
+        buffer = torch.zeros(tuple(t.shape) + (2,), dtype=t.dtype)
+        buffer[..., 0] = t
+        out.append(buffer[..., 0])
+    return out
 
 
 def reference_adapter(dialect: Dialect) -> Adapter:
@@ -224,6 +235,14 @@ class NaiveAdapter(Adapter):
                                   hi.to(device=self.device, dtype=torch.float32)) for mi, hi in zip(m, h)]
 
 
+def _nanmax(values) -> float | None:
+    """max that a NaN cannot hide (Python's max keeps or drops a NaN depending on where it stands)."""
+    values = list(values)
+    if not values:
+        return None
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
 @dataclass
 class ScenarioResult:
     scenario: str
@@ -239,7 +258,7 @@ class ScenarioResult:
 
     @property
     def worst_ulps(self) -> float:
-        return max(self.params.ulps, self.m.ulps, self.h.ulps)
+        return _nanmax([self.params.ulps, self.m.ulps, self.h.ulps])
 
     def bounds(self) -> dict[str, float]:
         """The largest error allowed for parameters, m and h (see the module docstring)."""
@@ -258,14 +277,22 @@ def _build(adapter: Adapter, init, hyper, dtype, device):
     adapter.build([t.clone() for t in init], hyper, dtype, device)
 
 
-def _measure(into: dict[str, Worst], got, m_got, h_got, want, before, m_ref, h_ref, grads, lr, dtype, state_dtype, t):
+def _measure(into: dict[str, Worst], got, m_got, h_got, want, before, m_ref, h_ref, old, grads, hhat, lr, dtype,
+             state_dtype, t):
+    """Errors at operand scale: the largest magnitude among each update's operands and result
+    (theta_t, theta_t+1, lr; m_t-1, m_t, g_t; h_t-k, h_t, hhat_t), so cancellation in the EMA or
+    in theta + delta is not mistaken for an error."""
+    m_old, h_old = old
     for i, (g_i, w_i, b_i) in enumerate(zip(got, want, before)):
         scale = torch.maximum(torch.maximum(b_i.abs(), w_i.abs()), lr)
         into["parameters"].update(g_i, w_i, scale, dtype, f"step {t}, parameter {i}")
     for i in range(len(m_ref)):
-        into["m"].update(m_got[i], m_ref[i], torch.maximum(m_ref[i].abs(), grads[i].abs()), state_dtype,
-                         f"step {t}, m {i}")
-        into["h"].update(h_got[i], h_ref[i], h_ref[i].abs(), state_dtype, f"step {t}, h {i}")
+        m_scale = torch.maximum(torch.maximum(m_ref[i].abs(), m_old[i].abs()), grads[i].abs())
+        into["m"].update(m_got[i], m_ref[i], m_scale, state_dtype, f"step {t}, m {i}")
+        h_scale = torch.maximum(h_ref[i].abs(), h_old[i].abs())
+        if hhat is not None:
+            h_scale = torch.maximum(h_scale, hhat[i].abs())
+        into["h"].update(h_got[i], h_ref[i], h_scale, state_dtype, f"step {t}, h {i}")
 
 
 def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: str,
@@ -327,52 +354,15 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
         reference.step(grads, ref_refresh)
         want = reference.parameters()
         _, m_ref, h_ref = reference.state()
-        _measure(own, got, m_got, h_got, want, before, m_ref, h_ref, grads, lr, dtype, state_dtype, t)
+        hhat = None if ref_refresh is None else ref_refresh.hhat
+        _measure(own, got, m_got, h_got, want, before, m_ref, h_ref, (m, h), grads, hhat, lr, dtype, state_dtype, t)
         if naive is not None:
             if tier == "teacher-forced":
                 naive.load(before, step_count if t > 1 else 0, m, h)
             naive.step(grads, ref_refresh)
             _, m_naive, h_naive = naive.state()
-            _measure(result.naive, naive.parameters(), m_naive, h_naive, want, before, m_ref, h_ref, grads, lr,
-                     dtype, state_dtype, t)
-    return result
-    data = make_data(scenario, dialect)
-    hyper = scenario.hyper
-    reference = reference_adapter(dialect)
-    _build(reference, data.init, hyper, F64, "cpu")
-    try:
-        _build(adapter, data.init, hyper, dtype, device)
-    except Exception as error:  # the implementation rejected the set-up: a finding, not a crash
-        result.error = f"building it failed: {type(error).__name__}: {error}"
-        return result
-    for t in range(1, scenario.steps + 1):
-        grads, refresh = data.grads[t - 1], data.refreshes.get(t)
-        before = reference.parameters()
-        try:
-            if tier == "teacher-forced":
-                step_count, m, h = reference.state()
-                adapter.load(before, step_count if t > 1 else 0, m, h)
-            internal = adapter.internal_estimate(grads, refresh)
-            adapter.step(grads, refresh)
-            got = adapter.parameters()
-            _, m_got, h_got = adapter.state()
-        except Exception as error:  # the implementation raised: a finding, not a crash
-            result.error = f"step {t}: {type(error).__name__}: {error}"
-            return result
-        reference.step(grads, Refresh(hhat=internal) if internal is not None else refresh)
-        want = reference.parameters()
-        lr = torch.tensor(hyper.lr, dtype=F64)
-        for i, (g_i, w_i, b_i) in enumerate(zip(got, want, before)):
-            if not bool(torch.isfinite(g_i).all()):
-                result.error = f"step {t}: parameter {i} became non-finite"
-                return result
-            scale = torch.maximum(torch.maximum(b_i.abs(), w_i.abs()), lr)
-            result.params.update(g_i, w_i, scale, dtype, f"step {t}, parameter {i}")
-        _, m_ref, h_ref = reference.state()
-        for i in range(len(m_ref)):
-            g_scale = grads[i].abs()
-            result.m.update(m_got[i], m_ref[i], torch.maximum(m_ref[i].abs(), g_scale), dtype, f"step {t}, m {i}")
-            result.h.update(h_got[i], h_ref[i], h_ref[i].abs(), dtype, f"step {t}, h {i}")
+            _measure(result.naive, naive.parameters(), m_naive, h_naive, want, before, m_ref, h_ref, (m, h), grads,
+                     hhat, lr, dtype, state_dtype, t)
     return result
 
 
@@ -425,13 +415,13 @@ def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool 
     ran = [r for r in results if not r.skipped and not r.error]
     naive_runs = [r for r in ran if r.naive is not None]
     metrics = {
-        "naive_teacher_forced_max_ulps": max((max(w.ulps for w in r.naive.values()) for r in naive_runs
-                                              if r.tier == "teacher-forced"), default=None),
-        "naive_free_running_max_ulps": max((max(w.ulps for w in r.naive.values()) for r in naive_runs
-                                            if r.tier == "free-running"), default=None),
-        "teacher_forced_max_ulps": max((r.worst_ulps for r in ran if r.tier == "teacher-forced"), default=None),
-        "free_running_max_ulps": max((r.worst_ulps for r in ran if r.tier == "free-running"), default=None),
-        "max_relative_error": max((max(r.params.relative, r.m.relative, r.h.relative) for r in ran), default=None),
+        "naive_teacher_forced_max_ulps": _nanmax(_nanmax(w.ulps for w in r.naive.values()) for r in naive_runs
+                                                 if r.tier == "teacher-forced"),
+        "naive_free_running_max_ulps": _nanmax(_nanmax(w.ulps for w in r.naive.values()) for r in naive_runs
+                                               if r.tier == "free-running"),
+        "teacher_forced_max_ulps": _nanmax(r.worst_ulps for r in ran if r.tier == "teacher-forced"),
+        "free_running_max_ulps": _nanmax(r.worst_ulps for r in ran if r.tier == "free-running"),
+        "max_relative_error": _nanmax(_nanmax([r.params.relative, r.m.relative, r.h.relative]) for r in ran),
         "scenarios_run": len(ran),
         "scenarios_skipped": sum(1 for r in results if r.skipped),
         "scenarios_failed": sum(1 for r in results if r.error),

@@ -87,5 +87,14 @@ class Adapter(ABC):
         return f"{self.name} {self.version}"
 
 
+def materialize(src: Tensor, dtype: torch.dtype, device) -> Tensor:
+    """A fresh leaf tensor with src's values in ``dtype`` on ``device``, keeping src's strides when it is
+    not contiguous (so an implementation under test really sees a non-contiguous tensor)."""
+    if src.is_contiguous() or src.dim() == 0:
+        return src.detach().to(device=device, dtype=dtype).clone()
+    out = torch.empty_strided(tuple(src.shape), src.stride(), dtype=dtype, device=device)
+    return out.copy_(src.detach())
+
+
 def as_float64(tensors) -> list[Tensor]:
     return [t.detach().to(device="cpu", dtype=torch.float64).clone() for t in tensors]

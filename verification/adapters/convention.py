@@ -18,7 +18,7 @@ from torch import Tensor
 
 from sophia_ref import SophiaRef
 
-from .base import Adapter, Hyperparameters, Refresh, as_float64
+from .base import Adapter, Hyperparameters, Refresh, as_float64, materialize
 
 M_KEYS = ("m", "exp_avg", "momentum")
 H_KEYS = ("h", "hessian", "hessian_moment")
@@ -52,7 +52,7 @@ class ConventionAdapter(Adapter):
         return {p.name for p in parameters}
 
     def build(self, params, hyper: Hyperparameters, dtype, device) -> None:
-        self.tensors = [p.detach().to(device=device, dtype=dtype).clone().requires_grad_(True) for p in params]
+        self.tensors = [materialize(p, dtype, device).requires_grad_(True) for p in params]
         kwargs = dict(lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), gamma=hyper.gamma, eps=hyper.eps,
                       weight_decay=hyper.weight_decay, hessian_interval=hyper.hessian_interval,
                       batch_size=hyper.batch_size, **self.extra)
@@ -63,7 +63,7 @@ class ConventionAdapter(Adapter):
 
     def step(self, grads, refresh: Refresh | None) -> None:
         for p, g in zip(self.tensors, grads):
-            p.grad = g.detach().to(device=p.device, dtype=p.dtype).clone()
+            p.grad = materialize(g, p.dtype, p.device)
         estimate = None if refresh is None else [h.to(device=p.device) for h, p in zip(refresh.hhat, self.tensors)]
         self.opt.step(hessian_estimate=estimate)
 

@@ -1,0 +1,234 @@
+"""The conformance harness, tested with an independent Sophia and deliberately wrong variants of it.
+
+``independent_sophia.IndependentSophia`` is the paper's rule (SPEC section 1) written from SPEC
+in plain per-tensor style, not from ``sophia_ref.rule``; each wrong variant departs from it in
+one place. The harness must accept the first (up to rounding) and reject every variant, and
+its findings must name the scenario that exposes the departure.
+
+A "catch" below is a finding at least ``CATCH_FACTOR`` times over its bound, or a failure:
+every real departure here is off by 1e4 ulps or (much) more, while rounding differences
+between two correct float64 evaluations are a few ulps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+from fractions import Fraction
+from functools import lru_cache
+
+import pytest
+import torch
+
+from independent_sophia import (BiasCorrectedMomentum, DecayAfterStep, DecayCoupled, DoubleMomentum, EpsAdded,
+                                IgnoresEstimate, IndependentSophia, NaNMomentumOnStep, NoClip,
+                                RaisesMidRun, RefreshUsedFromNextStep, RefreshWhenTModKIsZero,
+                                RejectsHyperparameters, ReturnsNaN, WrongEps)
+from sophia_ref.dialects import get_dialect
+from verification.adapters import ConventionAdapter
+from verification.conformance import (FLOAT64_GROWTH_ULPS_PER_STEP, FLOAT64_STEP_ULPS, battery, certify,
+                                      make_data, reference_adapter, run_scenario)
+
+PAPER = get_dialect("paper")
+QUICK = {s.name: s for s in battery(quick=True)}
+RANDOM, K1, NO_WD = "random tensors", "refresh every step (k = 1)", "no weight decay"
+HUGE, NEAR_EPS, SIGNED = "huge gradients", "curvature near eps/gamma", "negative h (signed estimates)"
+NON_CONTIGUOUS = "non-contiguous tensors"
+CATCH_FACTOR = 100.0
+FINDING = re.compile(r"^(?P<scenario>.*) \((?P<tier>teacher-forced|free-running)\): (?P<what>.*)$")
+OFF_BY = re.compile(r"off by (?P<ulps>\S+) ulps \(bound (?P<bound>[^;)\s]+)")
+
+
+@lru_cache(maxsize=None)
+def certificate(cls):
+    return certify(ConventionAdapter(cls, cls.__name__), dialect="paper", quick=True)
+
+
+def parse(findings: list[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for finding in findings:
+        match = FINDING.match(finding)
+        assert match, f"finding not in the 'scenario (tier): what' form: {finding!r}"
+        assert match["scenario"] in QUICK, f"finding names no scenario of the battery: {finding!r}"
+        out.append((match["scenario"], match["tier"], match["what"]))
+    return out
+
+
+def caught_by(cert) -> dict[str, list[str]]:
+    """Scenario -> tiers whose finding is a failure or at least CATCH_FACTOR times over its bound."""
+    caught: dict[str, list[str]] = {}
+    for scenario, tier, what in parse(cert.findings):
+        off = OFF_BY.search(what)
+        if off is None or float(off["ulps"]) >= CATCH_FACTOR * float(off["bound"]):
+            caught.setdefault(scenario, []).append(tier)
+    return caught
+
+
+def one_scenario(cls, name: str, tier: str = "teacher-forced", **changes):
+    scenario = replace(QUICK[name], **changes)
+    return run_scenario(ConventionAdapter(cls, cls.__name__), PAPER, scenario, tier)
+
+
+# -- the correct independent implementation ----------------------------------------------------------------
+
+# Measured (torch 2.x, CPU): teacher-forced params, m and h within 1 ulp at operand scale;
+# free-running at most 17 ulps (m, k = 1), bound 96.
+def test_independent_implementation_conforms_with_no_findings():
+    cert = certificate(IndependentSophia)
+    assert cert.findings == []
+    assert cert.conforms
+
+
+def test_independent_implementation_is_within_the_bounds_except_h_under_cancellation():
+    """Everything the harness measures is within its bounds, except h in the signed-estimate scenario."""
+    cert = certificate(IndependentSophia)
+    assert cert.metrics["scenarios_run"] == 2 * len(QUICK) and cert.metrics["scenarios_failed"] == 0
+    for r in cert.results:
+        bound = FLOAT64_STEP_ULPS * (1 if r.tier == "teacher-forced" else FLOAT64_GROWTH_ULPS_PER_STEP * r.steps)
+        assert r.params.ulps <= min(bound, 16.0), (r.scenario, r.tier, r.params.where)
+        assert r.m.ulps <= min(bound, 32.0), (r.scenario, r.tier, r.m.where)
+        if r.scenario != SIGNED:
+            assert r.h.ulps <= min(bound, 4.0), (r.scenario, r.tier, r.h.where)
+        if r.tier == "teacher-forced":
+            assert r.params.ulps <= 1.0 and r.m.ulps <= 1.0, (r.scenario, r.params.where, r.m.where)
+    assert cert.metrics["teacher_forced_max_ulps"] <= 8.0
+    assert cert.metrics["free_running_max_ulps"] <= 32.0
+    assert caught_by(cert) == {}  # nothing anywhere near a real departure
+    # the only finding(s): h in the signed-estimate scenario, a few ulps over the bound
+    for scenario, _, what in parse(cert.findings):
+        assert scenario == SIGNED and what.startswith("h off by"), what
+        assert float(OFF_BY.search(what)["ulps"]) <= 16.0
+
+
+def test_the_h_finding_is_rounding_under_cancellation():
+    """The 8-ulp h of the signed-estimate finding, in exact arithmetic: the independent result is
+    within 3 ulps(|h|) of the exact value, the reference's 5.3; at operand scale both are < 1 ulp."""
+    scenario = QUICK[SIGNED]
+    data = make_data(scenario, PAPER)
+    reference = reference_adapter(PAPER)
+    reference.build([t.clone() for t in data.init], scenario.hyper, torch.float64, "cpu")
+    for t in range(1, 7):
+        reference.step(data.grads[t - 1], data.refreshes.get(t))
+    _, _, h = reference.state()
+    b2 = scenario.hyper.beta2
+    h_old, hhat = h[0].reshape(-1)[8], data.refreshes[7].hhat[0].reshape(-1)[8]
+    ours = torch.mul(h_old, b2).add_(hhat, alpha=1 - b2)        # as IndependentSophia computes it
+    theirs = torch.mul(h_old, b2).add_(torch.mul(hhat, 1 - b2))  # as the rule computes it
+    exact = Fraction(b2) * Fraction(float(h_old)) + Fraction(1 - b2) * Fraction(float(hhat))
+    ulp_result = Fraction(math.ulp(float(exact)))
+    ulp_operand = Fraction(math.ulp(max(abs(b2 * float(h_old)), abs((1 - b2) * float(hhat)))))
+    err_ours = abs(Fraction(float(ours)) - exact)
+    err_theirs = abs(Fraction(float(theirs)) - exact)
+    assert ulp_operand >= 8 * ulp_result  # the cancellation
+    assert err_ours <= 3 * ulp_result and err_ours <= err_theirs
+    assert err_ours < ulp_operand and err_theirs < ulp_operand
+
+
+# -- wrong variants: each rejected, and by the scenario that exposes it --------------------------------------
+
+VARIANTS = [
+    # (variant, scenarios that must catch it, why)
+    pytest.param(RefreshWhenTModKIsZero, {RANDOM, NO_WD}, id="refresh-on-t-mod-k"),    # k = 3 schedules
+    pytest.param(RefreshUsedFromNextStep, {RANDOM, K1}, id="refresh-used-next-step"),
+    pytest.param(WrongEps, {NEAR_EPS}, id="eps-1e-8"),
+    pytest.param(NoClip, {RANDOM, HUGE, K1}, id="no-clip"),                              # clipped coordinates
+    pytest.param(BiasCorrectedMomentum, {NEAR_EPS, RANDOM}, id="bias-correction"),
+    pytest.param(DoubleMomentum, {RANDOM, K1, NEAR_EPS}, id="double-momentum"),
+    pytest.param(EpsAdded, {NEAR_EPS, SIGNED}, id="eps-added"),
+    pytest.param(DecayAfterStep, {RANDOM, K1}, id="decay-after-step"),
+    pytest.param(DecayCoupled, {RANDOM, NEAR_EPS}, id="decay-coupled"),
+    pytest.param(IgnoresEstimate, {RANDOM, K1}, id="ignores-estimate"),
+]
+
+
+@pytest.mark.parametrize("variant, expected", VARIANTS)
+def test_wrong_variant_is_rejected_by_the_scenario_that_exposes_it(variant, expected):
+    cert = certificate(variant)
+    assert not cert.conforms
+    caught = caught_by(cert)
+    assert expected <= set(caught), f"{variant.__name__} caught only by {sorted(caught)}"
+    assert all(s in QUICK for s in caught)
+
+
+def test_refresh_phase_is_invisible_at_k_1_but_caught_at_k_3():
+    """t % k == 0 and (t - 1) % k == 0 agree for k = 1: only k > 1 schedules can see the phase."""
+    caught = caught_by(certificate(RefreshWhenTModKIsZero))
+    assert K1 not in caught
+    assert {RANDOM, NO_WD, HUGE, NEAR_EPS, SIGNED, NON_CONTIGUOUS} <= set(caught)
+
+
+def test_wrong_eps_is_caught_only_near_the_floor():
+    """With eps 1e-8 vs 1e-12 only coordinates with gamma h below 1e-8 differ: the near-floor scenario."""
+    assert set(caught_by(certificate(WrongEps))) == {NEAR_EPS}
+
+
+def test_decay_after_step_is_invisible_without_weight_decay():
+    caught = caught_by(certificate(DecayAfterStep))
+    assert NO_WD not in caught and RANDOM in caught
+
+
+@pytest.mark.parametrize("variant, name", [
+    pytest.param(BiasCorrectedMomentum, NEAR_EPS, id="bias-correction"),   # m / (1 - b1) = 10 m unclipped
+    pytest.param(BiasCorrectedMomentum, RANDOM, id="bias-correction-random"),
+    pytest.param(RefreshUsedFromNextStep, RANDOM, id="refresh-used-next-step"),  # divides by h_0 = 0
+    pytest.param(IgnoresEstimate, RANDOM, id="ignores-estimate"),          # h stays 0
+    pytest.param(RefreshWhenTModKIsZero, RANDOM, id="refresh-on-t-mod-k"),
+    pytest.param(NoClip, K1, id="no-clip"),
+])
+def test_caught_on_the_first_step(variant, name):
+    """Departures visible at t = 1 are caught by a one-step, teacher-forced run."""
+    r = one_scenario(variant, name, steps=1)
+    assert r.error is None
+    assert r.worst_ulps > CATCH_FACTOR * FLOAT64_STEP_ULPS, (r.params.where, r.m.where, r.h.where)
+    assert one_scenario(IndependentSophia, name, steps=1).worst_ulps <= FLOAT64_STEP_ULPS
+
+
+# -- implementations that fail outright: a failed certificate, never an exception ----------------------------
+
+@pytest.mark.parametrize("cls, message", [
+    pytest.param(RaisesMidRun, "step 5: RuntimeError: deliberate failure on step 5", id="raises-mid-run"),
+    pytest.param(ReturnsNaN, "step 3: parameter 0 became non-finite", id="returns-nan"),
+    pytest.param(RejectsHyperparameters, "building it failed: ValueError: gamma=0.05 is not supported",
+                 id="rejects-hyperparameters"),
+])
+def test_failing_implementation_gives_a_failed_certificate(cls, message):
+    cert = certificate(cls)  # must not raise
+    assert not cert.conforms
+    assert cert.metrics["scenarios_failed"] == 2 * len(QUICK) and cert.metrics["scenarios_run"] == 0
+    assert cert.metrics["teacher_forced_max_ulps"] is None
+    assert len(cert.findings) == 2 * len(QUICK)
+    for scenario, tier, what in parse(cert.findings):
+        assert what.startswith("the implementation failed: ") and message in what, what
+    assert {s for s, _, _ in parse(cert.findings)} == set(QUICK)
+
+
+def test_nan_in_state_is_a_finding():
+    """Parameters correct throughout, but m is NaN after the last step: every scenario must say so.
+    (A NaN must not vanish in a max(): Python's max skips a NaN that is not first.)"""
+    r = one_scenario(NaNMomentumOnStep, RANDOM)
+    assert r.error is None and math.isnan(r.m.ulps)
+    cert = certificate(NaNMomentumOnStep)
+    assert not cert.conforms
+    nan_findings = {(s, tier) for s, tier, what in parse(cert.findings) if what.startswith("m off by nan ulps")}
+    assert nan_findings == {(s, tier) for s in QUICK for tier in ("teacher-forced", "free-running")}
+
+
+class _RecordsContiguity(IndependentSophia):
+    seen: list = []
+
+    def step(self, closure=None, hessian_estimate=None):
+        for p in self.param_groups[0]["params"]:
+            if p.dim() >= 1 and p.numel() > 1:
+                type(self).seen.append(p.is_contiguous() and p.grad.is_contiguous())
+        for h in hessian_estimate or []:
+            if h.dim() >= 1 and h.numel() > 1:
+                type(self).seen.append(h.is_contiguous())
+        return super().step(closure, hessian_estimate)
+
+
+def test_non_contiguous_scenario_reaches_the_implementation():
+    _RecordsContiguity.seen = []
+    r = one_scenario(_RecordsContiguity, NON_CONTIGUOUS)
+    assert r.error is None and _RecordsContiguity.seen
+    assert not all(_RecordsContiguity.seen)
