@@ -114,9 +114,13 @@ def run_all(specs: list[str], dialect: str | None, quick: bool, dtype_name: str,
             progress_factory: Callable[[int, str], Progress] | None = None) -> list[Certificate]:
     certificates = []
     for spec in specs:
+        detected_notes: list[str] = []
         try:
             adapter = resolve(spec, None if dialect in (None, "auto") else dialect)
-            preset = get_dialect(adapter.dialect or "paper")
+            if dialect == "auto":
+                preset, detected_notes = detect_dialect(adapter)
+            else:
+                preset = get_dialect(adapter.dialect or "paper")
         except (Unavailable, ValueError) as error:
             certificates.append(failed_certificate(spec, str(error), dialect, dtype_name, device))
             continue
@@ -129,15 +133,40 @@ def run_all(specs: list[str], dialect: str | None, quick: bool, dtype_name: str,
 
         cert = certify(adapter, preset, quick=quick, dtype=DTYPES[dtype_name], device=device, on_scenario=on_scenario)
         cert.implementation = spec if spec not in KNOWN else adapter.name
+        cert.findings = detected_notes + cert.findings
         if progress:
             progress.close()
         certificates.append(cert)
     return certificates
 
 
+def detect_dialect(adapter: Adapter):
+    """``--dialect auto``: the preset the implementation's behaviour matches, or a custom dialect made of the
+    knobs it showed; raises ValueError (a failed certificate) when a knob could not be determined."""
+    from sophia_ref.dialects import Dialect
+
+    from .detect import detect
+
+    found = detect(adapter)
+    summary = "; ".join(found.describe().splitlines()[:3])
+    notes = [f"dialect detected by behaviour ({found.probes} probes): {summary}"] + [f"note: {n}" for n in found.notes]
+    if found.preset:
+        adapter.dialect = found.preset
+        return get_dialect(found.preset), notes
+    knobs = found.knobs
+    if knobs is None:
+        raise ValueError("dialect detection could not determine every knob: " + found.describe().replace("\n", "; "))
+    defaults = dict(get_dialect("paper").defaults)
+    if found.eps is not None:
+        defaults["eps"] = found.eps
+    custom = Dialect("custom", knobs, defaults, "unknown", "knob values detected from behaviour; no preset matches")
+    notes.append(f"no preset matches; certified against the detected knobs {knobs}")
+    return custom, notes
+
+
 def _properties(cert: Certificate) -> dict[str, str]:
     """The matrix row: the dialect's properties, which conformance verified when the certificate holds."""
-    known = cert.conforms and cert.dialect != "?"
+    known = cert.conforms and cert.dialect not in ("?", "custom")
     if not known:
         return dict(clip="?", negh="?", eps="?", bias="?", refresh="?", batch="?")
     preset = get_dialect(cert.dialect)

@@ -366,6 +366,17 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
     return result
 
 
+def departures_from_paper(dialect: Dialect) -> list[str]:
+    """The dialect's departures from ``paper`` in plain language (a preset's own list, or the knobs that differ)."""
+    from dataclasses import asdict
+
+    if dialect.departures:
+        return [f"departs from paper: {d}" for d in dialect.departures]
+    paper = asdict(get_dialect("paper").knobs)
+    return [f"departs from paper: {k} = {v!r} (paper: {paper[k]!r})" for k, v in asdict(dialect.knobs).items()
+            if v != paper[k]]
+
+
 @dataclass
 class Certificate:
     implementation: str
@@ -399,18 +410,18 @@ def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool 
             on_scenario(scenario.name)
         for tier in ("teacher-forced", "free-running"):
             results.append(run_scenario(adapter, preset, scenario, tier, dtype, device))
-    findings, ok = [], True
+    findings, ok = departures_from_paper(preset), True
     for r in results:
         if r.skipped:
             continue
         if r.error:
             ok = False
-            findings.append(f"{r.scenario} ({r.tier}): the implementation failed: {r.error}")
+            findings.append(f"does not conform: {r.scenario} ({r.tier}): the implementation failed: {r.error}")
             continue
         for what, worst, bound in r.violations():
             ok = False
             naive = "" if r.naive is None else f"; the naive float32 evaluation: {r.naive[what].ulps:.3g} ulps"
-            findings.append(f"{r.scenario} ({r.tier}): {what} off by {worst.ulps:.3g} ulps (bound {bound:.3g}{naive}) "
+            findings.append(f"does not conform: {r.scenario} ({r.tier}): {what} off by {worst.ulps:.3g} ulps (bound {bound:.3g}{naive}) "
                             f"at {worst.where}")
     ran = [r for r in results if not r.skipped and not r.error]
     naive_runs = [r for r in ran if r.naive is not None]

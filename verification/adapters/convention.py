@@ -53,9 +53,9 @@ class ConventionAdapter(Adapter):
 
     def build(self, params, hyper: Hyperparameters, dtype, device) -> None:
         self.tensors = [materialize(p, dtype, device).requires_grad_(True) for p in params]
-        kwargs = dict(lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), gamma=hyper.gamma, eps=hyper.eps,
-                      weight_decay=hyper.weight_decay, hessian_interval=hyper.hessian_interval,
-                      batch_size=hyper.batch_size, **self.extra)
+        kwargs = {**dict(lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), gamma=hyper.gamma, eps=hyper.eps,
+                         weight_decay=hyper.weight_decay, hessian_interval=hyper.hessian_interval,
+                         batch_size=hyper.batch_size), **self.extra}  # extra overrides
         accepted = self._accepted()
         if accepted is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in self.extra}
