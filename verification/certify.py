@@ -28,9 +28,13 @@ from .adapters.convention import ConventionAdapter
 from .conformance import Certificate, battery, certify
 from .progress import Progress
 
-#: short names of the implementations the project knows how to drive: name -> (adapter, distribution)
+#: short names of the implementations the project knows how to drive: name -> (adapter, distribution to look for)
 KNOWN: dict[str, tuple[str, str | None]] = {
     "sophia-ref": ("verification.certify:sophia_ref_adapter", None),
+    "official": ("verification.adapters.official:OfficialAdapter", "sophia-opt"),
+    "sophia-optimizer": ("verification.adapters.sophia_optimizer:SophiaOptimizerAdapter", "sophia-optimizer"),
+    "pytorch-optimizer": ("verification.adapters.pytorch_optimizer:PytorchOptimizerAdapter", "pytorch-optimizer"),
+    "optax": ("verification.adapters.optax_adapter:OptaxAdapter", "optax"),
 }
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,12 +103,14 @@ def failed_certificate(spec: str, why: str, dialect: str | None, dtype: str, dev
 
 def installed_public() -> list[str]:
     """The short names whose packages are importable here (the project's own implementations first)."""
+    from importlib import metadata
+
     names = []
     for name, (target, distribution) in KNOWN.items():
         if distribution is not None:
             try:
-                importlib.import_module(distribution)
-            except Exception:
+                metadata.version(distribution)  # installed; whether it imports is the certificate's business
+            except metadata.PackageNotFoundError:
                 continue
         names.append(name)
     return names
@@ -117,6 +123,7 @@ def run_all(specs: list[str], dialect: str | None, quick: bool, dtype_name: str,
         detected_notes: list[str] = []
         try:
             adapter = resolve(spec, None if dialect in (None, "auto") else dialect)
+            claimed = type(adapter).dialect if isinstance(type(adapter).dialect, str) else adapter.dialect
             if dialect == "auto":
                 preset, detected_notes = detect_dialect(adapter)
             else:
@@ -134,6 +141,8 @@ def run_all(specs: list[str], dialect: str | None, quick: bool, dtype_name: str,
         cert = certify(adapter, preset, quick=quick, dtype=DTYPES[dtype_name], device=device, on_scenario=on_scenario)
         cert.implementation = spec if spec not in KNOWN else adapter.name
         cert.findings = detected_notes + cert.findings
+        cert.metrics["claimed_dialect"] = claimed
+        cert.metrics["dialect_matched"] = None if claimed is None else claimed == cert.dialect
         if progress:
             progress.close()
         certificates.append(cert)
@@ -147,12 +156,16 @@ def detect_dialect(adapter: Adapter):
 
     from .detect import detect
 
+    claimed = adapter.dialect
     found = detect(adapter)
     summary = "; ".join(found.describe().splitlines()[:3])
     notes = [f"dialect detected by behaviour ({found.probes} probes): {summary}"] + [f"note: {n}" for n in found.notes]
+    if claimed and found.matches and claimed not in found.matches:
+        notes.append(f"the adapter claims dialect {claimed!r}, but the behaviour matches {', '.join(found.matches)}")
     if found.preset:
-        adapter.dialect = found.preset
-        return get_dialect(found.preset), notes
+        # presets that behave identically (paper_v1 and pytorch_optimizer) are told apart by the claim
+        adapter.dialect = claimed if claimed in found.matches else found.preset
+        return get_dialect(adapter.dialect), notes
     knobs = found.knobs
     if knobs is None:
         raise ValueError("dialect detection could not determine every knob: " + found.describe().replace("\n", "; "))
@@ -188,13 +201,15 @@ def _rows(certificates: list[Certificate]) -> list[tuple[str, ...]]:
         if tf is not None and c.metrics.get("naive_teacher_forced_max_ulps") is not None:
             err += (f" (naive float32: {c.metrics['naive_teacher_forced_max_ulps']:.3g} / "
                     f"{c.metrics['naive_free_running_max_ulps']:.3g})")
-        rows.append((c.implementation, c.version, c.dialect, p["clip"], p["negh"], p["eps"], p["bias"], p["refresh"],
-                     p["batch"], err, "conforms" if c.conforms else "FAILS"))
+        matched = c.metrics.get("dialect_matched")
+        claim = "-" if matched is None else ("yes" if matched else f"no (claims {c.metrics['claimed_dialect']})")
+        rows.append((c.implementation, c.version, c.dialect, claim, p["clip"], p["negh"], p["eps"], p["bias"],
+                     p["refresh"], p["batch"], err, "conforms" if c.conforms else "FAILS"))
     return rows
 
 
-HEADER = ("implementation", "version", "dialect", "clip bound", "negative-h safe", "eps", "bias corr.", "refresh",
-          "B factor", "max error (teacher-forced / free)", "verdict")
+HEADER = ("implementation", "version", "dialect", "matches its claim", "clip bound", "negative-h safe", "eps",
+          "bias corr.", "refresh", "B factor", "max error (teacher-forced / free)", "verdict")
 
 
 def markdown(certificates: list[Certificate], command: str) -> str:

@@ -60,8 +60,11 @@ class Scenario:
 
     ``estimates``: ``"gnb"`` (``B ghat^2``, never negative), ``"signed"`` (Hutchinson-like, some
     negative; only for implementations that accept any estimate), ``"near_floor"`` (``gamma hhat``
-    within a factor 2 of eps, either side). ``grad_scale`` scales the gradients (1e8: huge
-    gradients; 1e-12: momentum of the size of eps, so the floor region is not all sign steps).
+    within a factor 2 of eps, either side, and gradients of the size of eps, so the floor region is
+    not all sign steps). ``grad_scale`` scales the gradients (1e8: huge gradients).
+
+    Hyperparameters an implementation has built in (the official code's eps = 1e-15) replace the
+    scenario's, for the reference too (:func:`hyperparameters`).
     """
 
     name: str
@@ -84,7 +87,7 @@ def battery(quick: bool = False) -> list[Scenario]:
         replace(base, name="refresh every step (k = 1)", hyper=replace(base.hyper, hessian_interval=1), seed=2),
         replace(base, name="no weight decay", hyper=replace(base.hyper, weight_decay=0.0), seed=3),
         replace(base, name="huge gradients", grad_scale=1e8, seed=4),
-        replace(base, name="curvature near eps/gamma", estimates="near_floor", grad_scale=1e-12, seed=5,
+        replace(base, name="curvature near eps/gamma", estimates="near_floor", seed=5,
                 hyper=replace(base.hyper, beta2=0.0)),  # h = hhat: gamma h straddles eps; m / eps ~ 0.1
         replace(base, name="negative h (signed estimates)", estimates="signed", seed=6),
         replace(base, name="non-contiguous tensors", non_contiguous=True, seed=7),
@@ -98,6 +101,11 @@ def battery(quick: bool = False) -> list[Scenario]:
                                           hessian_interval=10, batch_size=8.0), seed=9),
         ]
     return out
+
+
+def hyperparameters(scenario: Scenario, adapter: Adapter | None = None) -> Hyperparameters:
+    """The scenario's hyperparameters, with those the implementation has built in (``adapter.fixed``)."""
+    return replace(scenario.hyper, **(adapter.fixed if adapter is not None else {}))
 
 
 def refresh_steps(dialect: Dialect, k: int, steps: int) -> list[int]:
@@ -115,16 +123,17 @@ class Data:
     refreshes: dict[int, Refresh]
 
 
-def make_data(scenario: Scenario, dialect: Dialect) -> Data:
+def make_data(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters | None = None) -> Data:
     """Seeded float64 data; estimates in the dialect's own meaning (B-free where B lives at step time)."""
     gen = torch.Generator().manual_seed(scenario.seed)
-    hyper = scenario.hyper
+    hyper = hyper or scenario.hyper
 
     def randn(shape):
         return torch.randn(shape, dtype=F64, generator=gen)
 
     init = [randn(s) for s in scenario.shapes]
-    grads = [[scenario.grad_scale * randn(s) for s in scenario.shapes] for _ in range(scenario.steps)]
+    scale = hyper.eps if scenario.estimates == "near_floor" else scenario.grad_scale
+    grads = [[scale * randn(s) for s in scenario.shapes] for _ in range(scenario.steps)]
     refreshes = {}
     for t in refresh_steps(dialect, hyper.hessian_interval, scenario.steps):
         ghat = [0.3 * randn(s) for s in scenario.shapes]
@@ -307,8 +316,8 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
     if scenario.estimates != "gnb" and not adapter.accepts_any_estimate:
         result.skipped = "takes only GNB-shaped estimates (squares of a gradient)"
         return result
-    data = make_data(scenario, dialect)
-    hyper = scenario.hyper
+    hyper = hyperparameters(scenario, adapter)
+    data = make_data(scenario, dialect, hyper)
     largest = max((float(x.abs().max()) for step in data.grads for x in step if x.numel()), default=0.0)
     info, name = torch.finfo(dtype), str(dtype).replace("torch.", "")
     if largest > info.max / 16:

@@ -56,6 +56,9 @@ class Adapter(ABC):
     dialect: str | None = None
     #: whether ``step`` can take any estimate (True) or only GNB-shaped ones built from ``ghat`` (False)
     accepts_any_estimate: bool = True
+    #: hyperparameters the implementation has built in (e.g. ``{"eps": 1e-15}``): the harness uses these values
+    #: for the reference too, instead of the scenario's
+    fixed: dict = {}
 
     @abstractmethod
     def build(self, params: list[Tensor], hyper: Hyperparameters, dtype: torch.dtype, device: str) -> None:
