@@ -76,6 +76,13 @@ class Scenario:
     estimates: str = "gnb"
     grad_scale: float = 1.0
     non_contiguous: bool = False
+    #: free-running: after this step, both sides save and reload their state (state_dict round trip)
+    checkpoint_at: int | None = None
+    #: a zoo problem (verification.oracles.zoo) whose gradient at the reference's point drives the run
+    problem: str | None = None
+    #: teacher-forced only: before each step, both sides are loaded with a signed random h (some h < 0),
+    #: so implementations that fold only squares are tested where h < 0 too
+    signed_state: bool = False
 
 
 def battery(quick: bool = False) -> list[Scenario]:
@@ -91,6 +98,10 @@ def battery(quick: bool = False) -> list[Scenario]:
                 hyper=replace(base.hyper, beta2=0.0)),  # h = hhat: gamma h straddles eps; m / eps ~ 0.1
         replace(base, name="negative h (signed estimates)", estimates="signed", seed=6),
         replace(base, name="non-contiguous tensors", non_contiguous=True, seed=7),
+        replace(base, name="negative h loaded into the state", signed_state=True, seed=12),
+        replace(base, name="state_dict round trip mid-run", checkpoint_at=5, seed=10),
+        replace(base, name="zoo: tanh network (Gauss-Newton estimates)", problem="tanh network", steps=15,
+                hyper=replace(base.hyper, lr=0.05, gamma=0.5, batch_size=8.0), seed=11),
     ]
     if not quick:
         out += [
@@ -131,6 +142,10 @@ def make_data(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters | Non
     def randn(shape):
         return torch.randn(shape, dtype=F64, generator=gen)
 
+    if scenario.problem is not None:  # gradients and estimates come from the problem, step by step
+        start = torch.tensor(_zoo(scenario.problem).start, dtype=F64)
+        steps = refresh_steps(dialect, hyper.hessian_interval, scenario.steps)
+        return Data([start], [], {t: None for t in steps})
     init = [randn(s) for s in scenario.shapes]
     scale = hyper.eps if scenario.estimates == "near_floor" else scenario.grad_scale
     grads = [[scale * randn(s) for s in scenario.shapes] for _ in range(scenario.steps)]
@@ -154,6 +169,30 @@ def make_data(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters | Non
         refreshes = {t: Refresh(_strided(r.hhat), None if r.ghat is None else _strided(r.ghat), r.batch)
                      for t, r in refreshes.items()}
     return Data(init, grads, refreshes)
+
+
+def _zoo(name: str):
+    from .oracles.zoo import all_problems
+
+    return next(p for p in all_problems(quick=True) if p.name == name)
+
+
+def _zoo_inputs(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters, theta: Tensor,
+                refresh: bool) -> tuple[list[Tensor], Refresh | None]:
+    """The problem's float64 gradient at theta and, on refresh steps, its Gauss-Newton diagonal as a
+    GNB-shaped estimate (``ghat = sqrt(gn / B)``, ``hhat = B ghat^2`` or ``ghat^2`` where B lives at step time)."""
+    from .oracles.zoo import FLOAT
+
+    problem = _zoo(scenario.problem)
+    x = [float(v) for v in theta.tolist()]
+    grads = [torch.tensor(problem.grad(x, FLOAT), dtype=F64)]
+    if not refresh:
+        return grads, None
+    b = hyper.batch_size
+    gn = torch.tensor(problem.gauss_newton_diagonal(x, FLOAT), dtype=F64)
+    ghat = torch.sqrt(gn / b)
+    hhat = (b if dialect.knobs.batch_factor == "estimate" else 1.0) * ghat * ghat
+    return grads, Refresh(hhat=[hhat], ghat=[ghat], batch=b)
 
 
 def _strided(tensors: list[Tensor]) -> list[Tensor]:
@@ -313,12 +352,15 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
     ``result.naive``.
     """
     result = ScenarioResult(scenario.name, tier, scenario.steps)
+    if scenario.signed_state and tier != "teacher-forced":
+        result.skipped = "a loaded state is a teacher-forced scenario"
+        return result
     if scenario.estimates != "gnb" and not adapter.accepts_any_estimate:
         result.skipped = "takes only GNB-shaped estimates (squares of a gradient)"
         return result
     hyper = hyperparameters(scenario, adapter)
     data = make_data(scenario, dialect, hyper)
-    largest = max((float(x.abs().max()) for step in data.grads for x in step if x.numel()), default=0.0)
+    largest = max((float(x.abs().max()) for step in data.grads for x in step if x.numel()), default=1.0)
     info, name = torch.finfo(dtype), str(dtype).replace("torch.", "")
     if largest > info.max / 16:
         result.skipped = f"its gradients (up to {largest:.3g}) overflow {name}"
@@ -341,10 +383,17 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
         return result
     lr = torch.tensor(hyper.lr, dtype=F64)
     own = {"parameters": result.params, "m": result.m, "h": result.h}
+    signed = torch.Generator().manual_seed(scenario.seed + 1)
     for t in range(1, scenario.steps + 1):
-        grads, refresh = data.grads[t - 1], data.refreshes.get(t)
         before = reference.parameters()
+        if scenario.problem is not None:
+            grads, refresh = _zoo_inputs(scenario, dialect, hyper, before[0], t in data.refreshes)
+        else:
+            grads, refresh = data.grads[t - 1], data.refreshes.get(t)
         step_count, m, h = reference.state()
+        if scenario.signed_state:
+            h = [torch.randn(x.shape, dtype=F64, generator=signed) * 10.0 for x in h]
+            reference.load(before, step_count if t > 1 else 0, m, h)
         try:
             if tier == "teacher-forced":
                 adapter.load(before, step_count if t > 1 else 0, m, h)
@@ -363,6 +412,16 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
         reference.step(grads, ref_refresh)
         want = reference.parameters()
         _, m_ref, h_ref = reference.state()
+        if tier == "free-running" and t == scenario.checkpoint_at:
+            try:
+                adapter.round_trip()
+            except NotImplementedError as why:
+                result.skipped = str(why)
+                return result
+            except Exception as error:  # saving or reloading failed: a finding
+                result.error = f"step {t}: state_dict round trip: {type(error).__name__}: {error}"
+                return result
+            reference.round_trip()
         hhat = None if ref_refresh is None else ref_refresh.hhat
         _measure(own, got, m_got, h_got, want, before, m_ref, h_ref, (m, h), grads, hhat, lr, dtype, state_dtype, t)
         if naive is not None:

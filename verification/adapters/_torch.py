@@ -12,7 +12,7 @@ from importlib import metadata
 import torch
 from torch import Tensor
 
-from .base import Adapter, as_float64
+from .base import Adapter, as_float64, materialize, reloaded
 
 
 def installed_version(distribution: str) -> str:
@@ -39,7 +39,7 @@ class TorchAdapter(Adapter):
 
     def _make_tensors(self, params, dtype, device) -> None:
         self.dtype = dtype
-        self.tensors = [p.detach().to(device=device, dtype=dtype).clone().requires_grad_(True) for p in params]
+        self.tensors = [materialize(p, dtype, device).requires_grad_(True) for p in params]
 
     def _cast(self, values) -> list[Tensor]:
         """``values`` as fresh tensors in each parameter's dtype and device."""
@@ -48,8 +48,14 @@ class TorchAdapter(Adapter):
         return [v.detach().to(device=p.device, dtype=p.dtype).clone() for v, p in zip(values, self.tensors)]
 
     def _set_grads(self, grads) -> None:
-        for p, g in zip(self.tensors, self._cast(grads)):
-            p.grad = g
+        for p, g in zip(self.tensors, grads):
+            p.grad = materialize(g, p.dtype, p.device)
+
+    def round_trip(self) -> None:
+        """The optimizer's state_dict through torch.save and back, loaded into it after its state is dropped."""
+        saved = reloaded(self.opt.state_dict())
+        self.opt.state.clear()
+        self.opt.load_state_dict(saved)
 
     def _read_step(self, state: dict, p: Tensor) -> int:
         """Completed steps, from the optimizer's per-parameter state (subclasses may read a group instead)."""

@@ -80,6 +80,11 @@ class Adapter(ABC):
     def load(self, params: list[Tensor], step: int, m: list[Tensor], h: list[Tensor]) -> None:
         """Overwrite parameters and state (teacher forcing): the next step continues from these values."""
 
+    def round_trip(self) -> None:
+        """Save the implementation's state as it saves it (``state_dict`` through ``torch.save``), then go on
+        from a reload of those bytes. Adapters that cannot raise NotImplementedError (the scenario is skipped)."""
+        raise NotImplementedError("this adapter has no state_dict round trip")
+
     def internal_estimate(self, grads: list[Tensor], refresh: Refresh | None) -> list[Tensor] | None:
         """For an implementation that makes its own estimate from what a step sees (e.g. p.grad**2 on
         every step), the estimate it folds into h at this step, so the reference can be fed the same;
@@ -97,6 +102,16 @@ def materialize(src: Tensor, dtype: torch.dtype, device) -> Tensor:
         return src.detach().to(device=device, dtype=dtype).clone()
     out = torch.empty_strided(tuple(src.shape), src.stride(), dtype=dtype, device=device)
     return out.copy_(src.detach())
+
+
+def reloaded(state_dict: dict) -> dict:
+    """``state_dict`` after a trip through ``torch.save`` / ``torch.load``, as a checkpoint would be."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
 
 
 def as_float64(tensors) -> list[Tensor]:

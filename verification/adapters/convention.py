@@ -18,7 +18,7 @@ from torch import Tensor
 
 from sophia_ref import SophiaRef
 
-from .base import Adapter, Hyperparameters, Refresh, as_float64, materialize
+from .base import Adapter, Hyperparameters, Refresh, as_float64, materialize, reloaded
 
 M_KEYS = ("m", "exp_avg", "momentum")
 H_KEYS = ("h", "hessian", "hessian_moment")
@@ -59,7 +59,14 @@ class ConventionAdapter(Adapter):
         accepted = self._accepted()
         if accepted is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in self.extra}
+        self.kwargs = kwargs
         self.opt = self.factory(self.tensors, **kwargs)
+
+    def round_trip(self) -> None:
+        """A fresh optimizer on the same parameters, loaded from the old one's reloaded state_dict."""
+        saved = reloaded(self.opt.state_dict())
+        self.opt = self.factory(self.tensors, **self.kwargs)
+        self.opt.load_state_dict(saved)
 
     def step(self, grads, refresh: Refresh | None) -> None:
         for p, g in zip(self.tensors, grads):
