@@ -288,7 +288,8 @@ def main(impls: list[str], dialect: str | None, dtype: str, device: str, json_di
         for path in write_certificates(certificates, json_dir):
             print(f"wrote {path}")
     if readme:
-        command = " ".join(["sophia-ref certify", *impls, *(["--quick"] if quick else []),
+        command = " ".join(["sophia-ref certify", *impls, *([f"--dialect {dialect}"] if dialect else []),
+                            *(["--quick"] if quick else []),
                             *([f"--dtype {dtype}"] if dtype != "float64" else []), f"--readme {readme}"])
         update_readme(readme, markdown(certificates, command))
         print(f"updated the conformance matrix in {readme}")
