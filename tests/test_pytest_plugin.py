@@ -29,9 +29,9 @@ def run_pytest(tmp_path, *args):
 def test_a_conforming_implementation_passes_every_item(tmp_path):
     code, out = run_pytest(tmp_path, "--sophia-impl", "sophia_ref:SophiaRef", "--sophia-quick")
     assert code == 0, out
-    # 11 scenarios x 2 tiers, less the free-running tier of the loaded-state scenario (skipped, reason given),
+    # 12 scenarios x 2 tiers, less the free-running tier of the loaded-state scenario (skipped, reason given),
     # plus the project's own placeholder test
-    assert "22 passed, 1 skipped" in out and "a loaded state is a teacher-forced scenario" in out
+    assert "24 passed, 1 skipped" in out and "a loaded state is a teacher-forced scenario" in out
 
 
 def test_a_wrong_eps_fails_the_floor_scenario_with_a_plain_message(tmp_path):

@@ -29,6 +29,7 @@ class TorchAdapter(Adapter):
 
     m_key: str = "m"
     h_key: str = "h"
+    supports_groups = True
 
     def __init__(self) -> None:
         self.opt: torch.optim.Optimizer | None = None

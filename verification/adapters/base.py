@@ -59,6 +59,10 @@ class Adapter(ABC):
     #: hyperparameters the implementation has built in (e.g. ``{"eps": 1e-15}``): the harness uses these values
     #: for the reference too, instead of the scenario's
     fixed: dict = {}
+    #: whether ``build`` honours :attr:`groups`: one parameter group per tensor, with these overrides of ``lr``
+    #: and ``weight_decay`` (set by the harness before ``build``; None means a single group)
+    supports_groups: bool = False
+    groups: list[dict] | None = None
 
     @abstractmethod
     def build(self, params: list[Tensor], hyper: Hyperparameters, dtype: torch.dtype, device: str) -> None:
@@ -90,6 +94,13 @@ class Adapter(ABC):
         every step), the estimate it folds into h at this step, so the reference can be fed the same;
         None when it takes the harness's estimate."""
         return None
+
+    def _param_spec(self):
+        """What a torch optimizer is built on: ``self.tensors``, or one group per tensor with the harness's
+        overrides (:attr:`groups`)."""
+        if not self.groups:
+            return self.tensors
+        return [{"params": [t], **overrides} for t, overrides in zip(self.tensors, self.groups)]
 
     def describe(self) -> str:
         return f"{self.name} {self.version}"

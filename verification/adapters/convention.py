@@ -34,6 +34,8 @@ def _key(state: dict, candidates: tuple[str, ...], what: str) -> str:
 class ConventionAdapter(Adapter):
     """Drives ``factory(params, **hyperparameters)`` through ``step(hessian_estimate=...)``."""
 
+    supports_groups = True
+
     def __init__(self, factory: Callable[..., torch.optim.Optimizer], name: str, version: str = "?",
                  dialect: str | None = None, extra: dict | None = None):
         self.factory, self.name, self.version, self.dialect = factory, name, version, dialect
@@ -60,12 +62,12 @@ class ConventionAdapter(Adapter):
         if accepted is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in accepted or k in self.extra}
         self.kwargs = kwargs
-        self.opt = self.factory(self.tensors, **kwargs)
+        self.opt = self.factory(self._param_spec(), **kwargs)
 
     def round_trip(self) -> None:
         """A fresh optimizer on the same parameters, loaded from the old one's reloaded state_dict."""
         saved = reloaded(self.opt.state_dict())
-        self.opt = self.factory(self.tensors, **self.kwargs)
+        self.opt = self.factory(self._param_spec(), **self.kwargs)
         self.opt.load_state_dict(saved)
 
     def step(self, grads, refresh: Refresh | None) -> None:

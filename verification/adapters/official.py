@@ -47,7 +47,7 @@ class OfficialAdapter(TorchAdapter):
         check_fixed_eps(hyper, f"{DISTRIBUTION} SophiaG")
         self._make_tensors(params, dtype, device)
         self.batch_size = hyper.batch_size
-        self.opt = SophiaG(self.tensors, lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), rho=hyper.gamma,
+        self.opt = SophiaG(self._param_spec(), lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), rho=hyper.gamma,
                            weight_decay=hyper.weight_decay)
 
     def step(self, grads, refresh: Refresh | None) -> None:

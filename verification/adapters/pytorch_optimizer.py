@@ -38,7 +38,7 @@ class PytorchOptimizerAdapter(TorchAdapter):
         from pytorch_optimizer import SophiaH
 
         self._make_tensors(params, dtype, device)
-        self.opt = SophiaH(self.tensors, lr=hyper.lr, betas=(hyper.beta1, hyper.beta2),
+        self.opt = SophiaH(self._param_spec(), lr=hyper.lr, betas=(hyper.beta1, hyper.beta2),
                            weight_decay=hyper.weight_decay, weight_decouple=True, fixed_decay=False,
                            p=hyper.gamma, update_period=hyper.hessian_interval, eps=hyper.eps,
                            foreach=self.foreach)

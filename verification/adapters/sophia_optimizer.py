@@ -73,7 +73,7 @@ class SophiaOptimizerAdapter(TorchAdapter):
                              f"got hessian_interval={hyper.hessian_interval!r}: use 1 to drive it")
         self._make_tensors(params, dtype, device)
         self.batch_size = hyper.batch_size
-        self.opt = SophiaG(self.tensors, lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), rho=hyper.gamma,
+        self.opt = SophiaG(self._param_spec(), lr=hyper.lr, betas=(hyper.beta1, hyper.beta2), rho=hyper.gamma,
                            weight_decay=hyper.weight_decay)
 
     def step(self, grads, refresh: Refresh | None) -> None:
