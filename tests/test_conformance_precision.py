@@ -3,6 +3,8 @@ float32 evaluation on the same inputs plus 2 ulps; rounding the state to bfloat1
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -47,3 +49,22 @@ def test_float16_skips_what_it_cannot_represent():
     cert = certify(ConventionAdapter(SophiaRef, "SophiaRef", dialect="paper"), quick=True, dtype=torch.float16)
     skipped = {r.scenario: r.skipped for r in cert.results if r.skipped}
     assert "overflow float16" in skipped["huge gradients"] and "underflow float16" in skipped["curvature near eps/gamma"]
+
+
+def test_clip_boundary_disagreements_are_explained_or_flagged():
+    """A coordinate clipped on one side only is explained when the reference's |m/d| sits at the clip
+    threshold (a few roundings decide) and flagged when it is far from it."""
+    from verification.conformance import Scenario, _clip_disagreements
+
+    scenario = Scenario("crafted")
+    hyper = replace(scenario.hyper, lr=0.5, weight_decay=0.0, gamma=1.0, eps=1e-12)  # lr a power of two: exact
+    lr = hyper.lr
+    before = [torch.zeros(2, dtype=torch.float64)]
+    h = [torch.ones(2, dtype=torch.float64)]  # d = gamma h = 1, so |m/d| = |m|
+    m = [torch.tensor([1.0 - 2.0 ** -50, 0.5], dtype=torch.float64)]
+    want = [torch.tensor([-lr * (1.0 - 2.0 ** -50), -0.5 * lr], dtype=torch.float64)]  # the reference: unclipped
+    got = [torch.tensor([-lr, -lr], dtype=torch.float64)]  # the implementation clipped both
+    notes = _clip_disagreements(PAPER, hyper, scenario, 3, before, got, want, (m, h), m, h)
+    assert len(notes) == 2
+    assert notes[0].startswith("step 3, parameter 0[0]: the implementation clipped it") and "; explained" in notes[0]
+    assert notes[1].startswith("step 3, parameter 0[1]") and "NOT explained" in notes[1]

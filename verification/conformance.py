@@ -314,6 +314,8 @@ class ScenarioResult:
     skipped: str | None = None
     #: low precision: the naive float32 evaluation's errors on the same inputs (None for float64)
     naive: dict[str, Worst] | None = None
+    #: coordinates whose step was clipped on one side and not on the other, each with its explanation
+    boundary: list[str] = field(default_factory=list)
 
     @property
     def worst_ulps(self) -> float:
@@ -353,6 +355,52 @@ def _measure(into: dict[str, Worst], got, m_got, h_got, want, before, m_ref, h_r
         if hhat is not None:
             h_scale = torch.maximum(h_scale, hhat[i].abs())
         into["h"].update(h_got[i], h_ref[i], h_scale, state_dtype, f"step {t}, h {i}")
+
+
+MAX_BOUNDARY_NOTES = 20
+#: a reference ratio |m/d| within this relative distance of the clip threshold is "at the boundary":
+#: a few roundings on either side can decide whether the step is clipped
+BOUNDARY_REL = 1e-12
+
+
+def _clip_disagreements(dialect: Dialect, hyper: Hyperparameters, scenario: Scenario, t: int, before, got, want,
+                        old, m_new, h_new) -> list[str]:
+    """Coordinates where one side took a full (clipped) step and the other did not, explained.
+
+    The clip decision is read from the parameters: ``u = -(theta' - theta + lr lam theta) / lr``;
+    the reference's ratio ``|m/d|`` says whether the coordinate sat at the clip threshold, where a
+    few roundings decide, or far from it, where a disagreement is a real departure.
+    """
+    knobs = dialect.knobs
+    c = 1.0 if knobs.form == "gamma" else hyper.gamma
+    scale = (hyper.gamma if knobs.form == "gamma" else 1.0) * (hyper.batch_size if knobs.batch_factor == "step" else 1.0)
+    notes = []
+    for i, (b_i, g_i, w_i) in enumerate(zip(before, got, want)):
+        group = scenario.groups[i] if scenario.groups else {}
+        lr, lam = group.get("lr", hyper.lr), group.get("weight_decay", hyper.weight_decay)
+        if lr == 0 or b_i.numel() == 0:
+            continue
+        u_got = -((g_i - b_i) + lr * lam * b_i) / lr
+        u_want = -((w_i - b_i) + lr * lam * b_i) / lr
+        # u read back from parameters carries their rounding: a few ulps of |theta| / lr, and of c itself
+        tol = 2 * 2.0 ** -52 * c + 4 * 2.0 ** -52 * torch.maximum(b_i.abs(), w_i.abs()) / lr
+        clipped_got, clipped_want = (u_got.abs() >= c - tol), (u_want.abs() >= c - tol)
+        for j in torch.nonzero((clipped_got != clipped_want).reshape(-1)).reshape(-1).tolist():
+            m_used = m_new[i].reshape(-1)[j]
+            if knobs.bias_correction:
+                m_used = m_used / (1 - hyper.beta1 ** t)
+            h_used = (old[1][i] if knobs.refresh == "next_step" else h_new[i]).reshape(-1)[j]
+            curvature = scale * h_used
+            d = max(float(curvature), hyper.eps) if knobs.eps_placement == "max" else float(curvature) + hyper.eps
+            ratio = abs(float(m_used) / d) if d != 0 else math.inf
+            at_boundary = abs(ratio - c) <= BOUNDARY_REL * c
+            side = ("the implementation clipped it, the reference did not" if bool(clipped_got.reshape(-1)[j])
+                    else "the reference clipped it, the implementation did not")
+            why = (f"explained: the reference's |m/d| = {ratio!r} is within {BOUNDARY_REL:g} of the clip threshold "
+                   f"{c:g}, where a few roundings decide" if at_boundary
+                   else f"NOT explained: the reference's |m/d| = {ratio:.6g} is far from the clip threshold {c:g}")
+            notes.append(f"step {t}, parameter {i}[{j}]: {side}; {why}")
+    return notes
 
 
 def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: str,
@@ -440,6 +488,8 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
                 return result
             reference.round_trip()
         hhat = None if ref_refresh is None else ref_refresh.hhat
+        if len(result.boundary) < MAX_BOUNDARY_NOTES:
+            result.boundary += _clip_disagreements(dialect, hyper, scenario, t, before, got, want, (m, h), m_ref, h_ref)
         _measure(own, got, m_got, h_got, want, before, m_ref, h_ref, (m, h), grads, hhat, lr, dtype, state_dtype, t)
         if naive is not None:
             if tier == "teacher-forced":
@@ -503,6 +553,9 @@ def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool 
             ok = False
             findings.append(f"does not conform: {r.scenario} ({r.tier}): the implementation failed: {r.error}")
             continue
+        for note in r.boundary:
+            if note.split("; ", 1)[1].startswith("explained"):
+                findings.append(f"clip boundary: {r.scenario} ({r.tier}): {note}")
         for what, worst, bound in r.violations():
             ok = False
             naive = "" if r.naive is None else f"; the naive float32 evaluation: {r.naive[what].ulps:.3g} ulps"
