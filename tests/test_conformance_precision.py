@@ -61,8 +61,8 @@ def test_clip_boundary_disagreements_are_explained_or_flagged():
     lr = hyper.lr
     before = [torch.zeros(2, dtype=torch.float64)]
     h = [torch.ones(2, dtype=torch.float64)]  # d = gamma h = 1, so |m/d| = |m|
-    m = [torch.tensor([1.0 - 2.0 ** -50, 0.5], dtype=torch.float64)]
-    want = [torch.tensor([-lr * (1.0 - 2.0 ** -50), -0.5 * lr], dtype=torch.float64)]  # the reference: unclipped
+    m = [torch.tensor([1.0 - 2.0 ** -45, 0.5], dtype=torch.float64)]
+    want = [torch.tensor([-lr * (1.0 - 2.0 ** -45), -0.5 * lr], dtype=torch.float64)]  # the reference: unclipped
     got = [torch.tensor([-lr, -lr], dtype=torch.float64)]  # the implementation clipped both
     notes = _clip_disagreements(PAPER, hyper, scenario, 3, before, got, want, (m, h), m, h)
     assert len(notes) == 2
