@@ -44,6 +44,25 @@ def _certify(args: argparse.Namespace) -> int:
     return certify.main(args.impl, args.dialect, args.dtype, args.device, args.json, args.quick, args.readme)
 
 
+def _theory(args: argparse.Namespace) -> int:
+    from theory import run
+
+    if args.name == "report":
+        return run.report(args.quick, args.out)
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds={args.seeds} is not valid; accepted range: integers >= 1")
+    try:
+        run.load(args.name)
+    except ImportError as error:
+        raise SystemExit(f"sophia-ref theory: experiment {args.name!r} is not available here ({error})")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("sophia-ref theory: --plot needs matplotlib: pip install 'sophia-ref[plot]'")
+    return run.main(args.name, args.quick, args.seeds, args.plot, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sophia-ref",
@@ -102,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the matrix (with the date and versions) between the conformance-matrix "
                               "markers of PATH")
     certify.set_defaults(run=_certify)
+
+    from theory.run import EXPERIMENTS
+
+    theory = commands.add_parser(
+        "theory", help="run a theory experiment (table and figure), or all of them into docs/THEORY.md",
+        description="Seeded experiments that test the paper's claims: " + ", ".join(EXPERIMENTS) + ". "
+                    "`sophia-ref theory report` runs them all and writes the results page.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    theory.add_argument("name", choices=[*EXPERIMENTS, "report"], help="the experiment, or report")
+    theory.add_argument("--quick", action="store_true", help="the short configuration (used by the tests)")
+    theory.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the experiment's)")
+    theory.add_argument("--plot", metavar="PATH", help="write the figure (PNG) to PATH")
+    theory.add_argument("--json", metavar="PATH", help="write the data as JSON to PATH")
+    theory.add_argument("--out", default="docs/THEORY.md", help="report: the results page to write")
+    theory.set_defaults(run=_theory)
     return parser
 
 
