@@ -75,18 +75,23 @@ class TorchAdapter(Adapter):
     def parameters(self) -> list[Tensor]:
         return as_float64(self.tensors)
 
+    def _keys(self, state: dict) -> tuple[str, str] | None:
+        """Where m and h live in one parameter's state (None before the optimizer created them)."""
+        return (self.m_key, self.h_key) if self.m_key in state else None
+
     def state(self):
         steps, ms, hs = [], [], []
         for p in self.tensors:
             s = self.opt.state.get(p, {})
-            if self.m_key not in s:
+            keys = self._keys(s)
+            if keys is None:
                 steps.append(self._read_step(s, p) if s else 0)
                 ms.append(torch.zeros(p.shape, dtype=torch.float64))
                 hs.append(torch.zeros(p.shape, dtype=torch.float64))
                 continue
             steps.append(self._read_step(s, p))
-            ms.append(as_float64([s[self.m_key]])[0])
-            hs.append(as_float64([s[self.h_key]])[0])
+            ms.append(as_float64([s[keys[0]]])[0])
+            hs.append(as_float64([s[keys[1]]])[0])
         return (steps[0] if steps else 0), ms, hs
 
     def load(self, params, step, m, h) -> None:

@@ -14,11 +14,11 @@ import inspect
 from typing import Callable
 
 import torch
-from torch import Tensor
 
 from sophia_ref import SophiaRef
 
-from .base import Adapter, Hyperparameters, Refresh, as_float64, materialize, reloaded
+from ._torch import TorchAdapter
+from .base import Hyperparameters, Refresh, materialize, reloaded
 
 M_KEYS = ("m", "exp_avg", "momentum")
 H_KEYS = ("h", "hessian", "hessian_moment")
@@ -31,17 +31,17 @@ def _key(state: dict, candidates: tuple[str, ...], what: str) -> str:
     raise KeyError(f"optimizer state has none of {candidates} for {what}; its keys are {sorted(state)}")
 
 
-class ConventionAdapter(Adapter):
+class ConventionAdapter(TorchAdapter):
     """Drives ``factory(params, **hyperparameters)`` through ``step(hessian_estimate=...)``."""
-
-    supports_groups = True
 
     def __init__(self, factory: Callable[..., torch.optim.Optimizer], name: str, version: str = "?",
                  dialect: str | None = None, extra: dict | None = None):
+        super().__init__()
         self.factory, self.name, self.version, self.dialect = factory, name, version, dialect
         self.extra = dict(extra or {})
-        self.opt: torch.optim.Optimizer | None = None
-        self.tensors: list[Tensor] = []
+
+    def _keys(self, state: dict) -> tuple[str, str] | None:
+        return (_key(state, M_KEYS, "m"), _key(state, H_KEYS, "h")) if state else None
 
     def _accepted(self) -> set[str] | None:
         target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
@@ -71,27 +71,9 @@ class ConventionAdapter(Adapter):
         self.opt.load_state_dict(saved)
 
     def step(self, grads, refresh: Refresh | None) -> None:
-        for p, g in zip(self.tensors, grads):
-            p.grad = materialize(g, p.dtype, p.device)
+        self._set_grads(grads)
         estimate = None if refresh is None else [h.to(device=p.device) for h, p in zip(refresh.hhat, self.tensors)]
         self.opt.step(hessian_estimate=estimate)
-
-    def parameters(self) -> list[Tensor]:
-        return as_float64(self.tensors)
-
-    def state(self):
-        steps, ms, hs = [], [], []
-        for p in self.tensors:
-            s = self.opt.state.get(p, {})
-            if not s:
-                steps.append(0)
-                ms.append(torch.zeros(p.shape, dtype=torch.float64))
-                hs.append(torch.zeros(p.shape, dtype=torch.float64))
-                continue
-            steps.append(int(s["step"]))
-            ms.append(as_float64([s[_key(s, M_KEYS, "m")]])[0])
-            hs.append(as_float64([s[_key(s, H_KEYS, "h")]])[0])
-        return (steps[0] if steps else 0), ms, hs
 
     def load(self, params, step, m, h) -> None:
         with torch.no_grad():
