@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs every oracle check (one step vs exact rationals; estimators vs closed forms; "
                     "trajectories vs mpmath at 50 digits; minimizers vs scipy) and prints a table of "
                     "problem, check, worst error, bound and result. Exit status 1 if any check fails.")
-    verify.add_argument("--quick", action="store_true", help="the short run for CI (about a minute)")
+    verify.add_argument("--quick", action="store_true", help="the short run (about 15 s on two cores)")
     verify.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     verify.add_argument("--only", metavar="TEXT", help="run only the checks whose name contains TEXT")
     verify.add_argument("--verbose", action="store_true", help="print the notes behind every row")
