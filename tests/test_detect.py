@@ -24,7 +24,7 @@ from sophia_ref.dialects import DIALECTS, OFFICIAL, OPTAX, PAPER, PYTORCH_OPTIMI
 from sophia_ref.rule import Knobs
 from verification.adapters.base import Hyperparameters
 from verification.adapters.convention import ConventionAdapter
-from verification.detect import Detection, detect
+from verification.conformance.detect import Detection, detect
 
 SAME_KNOBS = {"paper_v1": ("paper_v1", "pytorch_optimizer"), "pytorch_optimizer": ("paper_v1", "pytorch_optimizer")}
 

@@ -24,96 +24,16 @@ import torch
 from sophia_ref.dialects import get_dialect
 
 from .adapters.base import Adapter
-from .adapters.convention import ConventionAdapter
 from .conformance import Certificate, battery, certify
+from .conformance.resolve import KNOWN, Unavailable, installed_public, resolve
 from .progress import Progress
 
-#: short names of the implementations the project knows how to drive: name -> (adapter, distribution to look for)
-KNOWN: dict[str, tuple[str, str | None]] = {
-    "sophia-ref": ("verification.certify:sophia_ref_adapter", None),
-    "official": ("verification.adapters.official:OfficialAdapter", "sophia-opt"),
-    "sophia-optimizer": ("verification.adapters.sophia_optimizer:SophiaOptimizerAdapter", "sophia-optimizer"),
-    "pytorch-optimizer": ("verification.adapters.pytorch_optimizer:PytorchOptimizerAdapter", "pytorch-optimizer"),
-    "optax": ("verification.adapters.optax_adapter:OptaxAdapter", "optax"),
-}
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class Unavailable(Exception):
-    """The implementation cannot be loaded (missing package, bad name): a failed certificate, not a crash."""
-
-
-def sophia_ref_adapter() -> Adapter:
-    from sophia_ref import SophiaRef, __version__
-
-    return ConventionAdapter(SophiaRef, "sophia_ref.SophiaRef", __version__, dialect="paper")
-
-
-def _load(spec: str):
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise Unavailable(f"{spec!r} is not of the form module:object (or one of {', '.join(KNOWN)})")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:
-        raise Unavailable(f"cannot import module {module_name!r}: {type(error).__name__}: {error}") from None
-    obj = module
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise Unavailable(f"module {module_name!r} has no attribute {attribute!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def resolve(spec: str, dialect: str | None = None) -> Adapter:
-    """The adapter for ``spec``; raises :class:`Unavailable` with a plain message."""
-    target = KNOWN[spec][0] if spec in KNOWN else spec
-    obj = _load(target)
-    if inspect.isclass(obj) and issubclass(obj, Adapter):
-        adapter = obj()
-    elif isinstance(obj, Adapter):
-        adapter = obj
-    elif spec in KNOWN and callable(obj):
-        adapter = obj()
-    elif callable(obj):  # an Optimizer subclass or a factory that follows the SophiaRef convention
-        adapter = ConventionAdapter(obj, spec, _version_of(spec), dialect=dialect)
-    else:
-        raise Unavailable(f"{spec!r} is a {type(obj).__name__}, not an optimizer class, factory or Adapter")
-    if dialect:
-        adapter.dialect = dialect
-    return adapter
-
-
-def _version_of(spec: str) -> str:
-    from importlib import metadata
-
-    top = spec.split(":")[0].split(".")[0]
-    try:
-        return metadata.version(top)
-    except metadata.PackageNotFoundError:
-        module = importlib.import_module(spec.split(":")[0])
-        return str(getattr(module, "__version__", "?"))
-
 
 def failed_certificate(spec: str, why: str, dialect: str | None, dtype: str, device: str) -> Certificate:
     from sophia_ref import __version__
 
     return Certificate(spec, "?", dialect or "?", dtype, device, 0, False, {}, [why], __version__)
-
-
-def installed_public() -> list[str]:
-    """The short names whose packages are importable here (the project's own implementations first)."""
-    from importlib import metadata
-
-    names = []
-    for name, (target, distribution) in KNOWN.items():
-        if distribution is not None:
-            try:
-                metadata.version(distribution)  # installed; whether it imports is the certificate's business
-            except metadata.PackageNotFoundError:
-                continue
-        names.append(name)
-    return names
 
 
 def run_all(specs: list[str], dialect: str | None, quick: bool, dtype_name: str, device: str,
@@ -122,7 +42,9 @@ def run_all(specs: list[str], dialect: str | None, quick: bool, dtype_name: str,
     for spec in specs:
         detected_notes: list[str] = []
         try:
-            adapter = resolve(spec, None if dialect in (None, "auto") else dialect)
+            adapter = resolve(spec)
+            if dialect not in (None, "auto"):
+                adapter.dialect = dialect
             claimed = type(adapter).dialect if isinstance(type(adapter).dialect, str) else adapter.dialect
             if dialect == "auto":
                 preset, detected_notes = detect_dialect(adapter)
@@ -154,7 +76,7 @@ def detect_dialect(adapter: Adapter):
     knobs it showed; raises ValueError (a failed certificate) when a knob could not be determined."""
     from sophia_ref.dialects import Dialect
 
-    from .detect import detect
+    from .conformance.detect import detect
 
     claimed = adapter.dialect
     found = detect(adapter)

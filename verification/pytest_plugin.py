@@ -41,7 +41,7 @@ class SophiaItem(pytest.Item):
             self.add_marker(pytest.mark.xfail(reason="listed in --sophia-xfail", strict=False))
 
     def runtest(self):
-        from .conformance import run_scenario
+        from .conformance import run_scenario, violations
 
         if self.problem is not None:
             pytest.skip(self.problem)
@@ -51,7 +51,7 @@ class SophiaItem(pytest.Item):
         if result.error:
             raise SophiaConformanceError(f"the implementation failed: {result.error}")
         problems = [f"{what} off by {worst.ulps:.3g} ulps (bound {bound:g}) at {worst.where}"
-                    for what, worst, bound in result.violations()]
+                    for what, worst, bound in violations(result)]
         if problems:
             raise SophiaConformanceError("; ".join(problems))
 
@@ -82,7 +82,7 @@ def pytest_collection_modifyitems(session, config, items):
         return
     from sophia_ref.dialects import get_dialect
 
-    from .certify import Unavailable, resolve
+    from .conformance.resolve import Unavailable, resolve
     from .conformance import battery
 
     expected = _xfails(config.getoption("--sophia-xfail"))
@@ -91,7 +91,9 @@ def pytest_collection_modifyitems(session, config, items):
         problem = adapter = None
         dialect = get_dialect("paper")
         try:
-            adapter = resolve(spec, wanted)
+            adapter = resolve(spec)
+            if wanted:
+                adapter.dialect = wanted
             dialect = get_dialect(adapter.dialect or "paper")
         except (Unavailable, ValueError) as error:
             problem = f"cannot certify {spec}: {error}"

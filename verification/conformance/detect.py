@@ -60,8 +60,8 @@ from torch import Tensor
 from sophia_ref.dialects import DIALECTS, PAPER, Dialect
 from sophia_ref.rule import Knobs
 
-from .adapters.base import Adapter, Hyperparameters, Refresh
-from .adapters.convention import ConventionAdapter
+from ..adapters.base import Adapter, Hyperparameters, Refresh
+from ..adapters.convention import ConventionAdapter
 
 F64 = torch.float64
 LR, B1, B2, GAMMA, WD, BATCH = 0.125, 0.5, 0.5, 0.25, 0.5, 8.0

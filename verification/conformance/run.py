@@ -1,4 +1,4 @@
-"""The conformance harness: an implementation and the reference in lock-step over a battery of scenarios.
+"""Stage 4b, running: the implementation and the reference in lock-step over one scenario and one tier.
 
 Two tiers per scenario:
 
@@ -13,204 +13,32 @@ spacing of the implementation's dtype at ``max(|theta_t|, |theta_t+1|, lr)``, th
 largest operand of the final update (a difference relative to the result alone
 would be meaningless where the update cancels the parameter). The same is done for
 m and h (scale: the larger of the old and new values and the gradient or estimate
-folded in).
+folded in). Running measures; :mod:`.judge` decides.
 
-Tolerances. A float64 implementation must match to a few ulps: at most
-:data:`FLOAT64_STEP_ULPS` (8) per teacher-forced step, and a growth of at most
-:data:`FLOAT64_GROWTH_ULPS_PER_STEP` per step free-running. A low-precision
-implementation (float32, bfloat16 or float16 parameters) is held to the error of a
-*naive* evaluation measured in the same run on the same inputs (:class:`NaiveAdapter`:
-the rule's equations in float32 arithmetic with float32 state, the parameters rounded
-to their dtype after each step): per quantity, its error may be at most twice the
-naive error plus a floor of 2 ulps. Parameter errors count in ulps of the parameter
-dtype, m and h in ulps of float32, so an implementation that rounds its state to
-bfloat16 every step is caught even where the parameters' own rounding hides it.
+For a low-precision dtype the *naive* evaluation (:class:`NaiveAdapter`: the rule's
+equations in float32 arithmetic with float32 state, the parameters rounded to their
+dtype after each step) runs alongside on the same inputs: it is the yardstick of the
+low-precision tolerance model. Parameter errors count in ulps of the parameter dtype,
+m and h in ulps of float32, so an implementation that rounds its state to bfloat16
+every step is caught even where the parameters' own rounding hides it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from sophia_ref import SophiaRef
-from sophia_ref.dialects import Dialect, get_dialect
+from sophia_ref.dialects import Dialect
 
-from .adapters.base import Adapter, Hyperparameters, Refresh, as_float64
-from .adapters.convention import ConventionAdapter
+from ..adapters.base import Adapter, Hyperparameters, Refresh, as_float64
+from ..adapters.convention import ConventionAdapter
+from .scenarios import Scenario, _zoo_inputs, hyperparameters, make_data
 
 F64 = torch.float64
-
-
-#: float64: an independent float64 implementation may round differently at each operation of a step: m
-#: (two roundings, or one where it fuses), h (two), the denominator (two), the quotient, the product by lr
-#: and the final sum: nine half-ulps at operand scale, 4.5 ulps (measured: 4.5, the official code's fused
-#: addcmul/add_(alpha=) in a group without weight decay). 8 leaves room and stays far below any departure
-#: of dialect (1e4 ulps and more).
-FLOAT64_STEP_ULPS = 8.0
-#: free-running: rounding differences may compound by about one ulp per step (see the trajectory oracle)
-FLOAT64_GROWTH_ULPS_PER_STEP = 2.0
-#: low precision: at most twice the naive same-dtype evaluation's error, plus a floor of 2 ulps
-LOW_PRECISION_FACTOR = 2.0
-LOW_PRECISION_FLOOR_ULPS = 2.0
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """Seeded data for a run: parameter shapes, steps, hyperparameters, and how gradients and estimates look.
-
-    ``estimates``: ``"gnb"`` (``B ghat^2``, never negative), ``"signed"`` (Hutchinson-like, some
-    negative; only for implementations that accept any estimate), ``"near_floor"`` (``gamma hhat``
-    within a factor 2 of eps, either side, and gradients of the size of eps, so the floor region is
-    not all sign steps). ``grad_scale`` scales the gradients (1e8: huge gradients).
-
-    Hyperparameters an implementation has built in (the official code's eps = 1e-15) replace the
-    scenario's, for the reference too (:func:`hyperparameters`).
-    """
-
-    name: str
-    shapes: tuple[tuple[int, ...], ...] = ((4, 5), (7,))
-    steps: int = 12
-    hyper: Hyperparameters = Hyperparameters(lr=0.01, beta1=0.9, beta2=0.95, gamma=0.05, eps=1e-12,
-                                             weight_decay=0.1, hessian_interval=3, batch_size=8.0)
-    seed: int = 0
-    estimates: str = "gnb"
-    grad_scale: float = 1.0
-    non_contiguous: bool = False
-    #: free-running: after this step, both sides save and reload their state (state_dict round trip)
-    checkpoint_at: int | None = None
-    #: a zoo problem (verification.oracles.zoo) whose gradient at the reference's point drives the run
-    problem: str | None = None
-    #: teacher-forced only: before each step, both sides are loaded with a signed random h (some h < 0),
-    #: so implementations that fold only squares are tested where h < 0 too
-    signed_state: bool = False
-    #: one parameter group per tensor with these overrides (lr, weight_decay); None: a single group
-    groups: tuple[dict, ...] | None = None
-
-
-def battery(quick: bool = False) -> list[Scenario]:
-    """The scenarios every implementation is run through."""
-    base = Scenario("random tensors")
-    out = [
-        base,
-        replace(base, name="0-d, empty and long tensors", shapes=((), (0,), (64,)), seed=1),
-        replace(base, name="refresh every step (k = 1)", hyper=replace(base.hyper, hessian_interval=1), seed=2),
-        replace(base, name="no weight decay", hyper=replace(base.hyper, weight_decay=0.0), seed=3),
-        replace(base, name="huge gradients", grad_scale=1e8, seed=4),
-        replace(base, name="curvature near eps/gamma", estimates="near_floor", seed=5,
-                hyper=replace(base.hyper, beta2=0.0)),  # h = hhat: gamma h straddles eps; m / eps ~ 0.1
-        replace(base, name="negative h (signed estimates)", estimates="signed", seed=6),
-        replace(base, name="non-contiguous tensors", non_contiguous=True, seed=7),
-        replace(base, name="negative h loaded into the state", signed_state=True, seed=12),
-        replace(base, name="two parameter groups (lr, weight decay)", seed=13,
-                groups=({"lr": 0.02, "weight_decay": 0.0}, {"lr": 0.005, "weight_decay": 0.3})),
-        replace(base, name="state_dict round trip mid-run", checkpoint_at=5, seed=10),
-        replace(base, name="zoo: tanh network (Gauss-Newton estimates)", problem="tanh network", steps=15,
-                hyper=replace(base.hyper, lr=0.05, gamma=0.5, batch_size=8.0), seed=11),
-    ]
-    if not quick:
-        out += [
-            replace(base, name="refresh every 5 steps, 30 steps", steps=30,
-                    hyper=replace(base.hyper, hessian_interval=5), seed=8),
-            replace(base, name="paper defaults (b1 0.96, b2 0.99, k 10)", steps=25,
-                    hyper=Hyperparameters(lr=0.02, beta1=0.96, beta2=0.99, gamma=0.01, eps=1e-12, weight_decay=0.0,
-                                          hessian_interval=10, batch_size=8.0), seed=9),
-        ]
-    return out
-
-
-def hyperparameters(scenario: Scenario, adapter: Adapter | None = None) -> Hyperparameters:
-    """The scenario's hyperparameters, with those the implementation has built in (``adapter.fixed``)."""
-    return replace(scenario.hyper, **(adapter.fixed if adapter is not None else {}))
-
-
-def refresh_steps(dialect: Dialect, k: int, steps: int) -> list[int]:
-    """The steps on which the harness hands out an estimate: the dialect's own schedule; for a caller-driven
-    refresh, the official recipe's (after step k, 2k, ...: the refresh of steps k + 1, 2k + 1, ...)."""
-    if dialect.knobs.refresh == "caller":
-        return [t for t in range(1, steps + 1) if t > 1 and (t - 1) % k == 0]
-    return [t for t in range(1, steps + 1) if (t - 1) % k == 0]
-
-
-@dataclass
-class Data:
-    init: list[Tensor]
-    grads: list[list[Tensor]]
-    refreshes: dict[int, Refresh]
-
-
-def make_data(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters | None = None) -> Data:
-    """Seeded float64 data; estimates in the dialect's own meaning (B-free where B lives at step time)."""
-    gen = torch.Generator().manual_seed(scenario.seed)
-    hyper = hyper or scenario.hyper
-
-    def randn(shape):
-        return torch.randn(shape, dtype=F64, generator=gen)
-
-    if scenario.problem is not None:  # gradients and estimates come from the problem, step by step
-        start = torch.tensor(_zoo(scenario.problem).start, dtype=F64)
-        steps = refresh_steps(dialect, hyper.hessian_interval, scenario.steps)
-        return Data([start], [], {t: None for t in steps})
-    init = [randn(s) for s in scenario.shapes]
-    scale = hyper.eps if scenario.estimates == "near_floor" else scenario.grad_scale
-    grads = [[scale * randn(s) for s in scenario.shapes] for _ in range(scenario.steps)]
-    refreshes = {}
-    for t in refresh_steps(dialect, hyper.hessian_interval, scenario.steps):
-        ghat = [0.3 * randn(s) for s in scenario.shapes]
-        b = hyper.batch_size
-        b_in_estimate = dialect.knobs.batch_factor == "estimate"
-        if scenario.estimates == "gnb":
-            hhat = [(b if b_in_estimate else 1.0) * g * g for g in ghat]
-        elif scenario.estimates == "near_floor":  # gamma * h within a factor 2 of eps
-            target = hyper.eps / hyper.gamma
-            hhat = [target * (1.0 + 0.5 * torch.tanh(randn(s))) for s in scenario.shapes]
-            ghat = None
-        else:
-            hhat = [randn(s) for s in scenario.shapes]
-            ghat = None
-        refreshes[t] = Refresh(hhat=hhat, ghat=ghat, batch=b)
-    if scenario.non_contiguous:
-        init, grads = _strided(init), [_strided(g) for g in grads]
-        refreshes = {t: Refresh(_strided(r.hhat), None if r.ghat is None else _strided(r.ghat), r.batch)
-                     for t, r in refreshes.items()}
-    return Data(init, grads, refreshes)
-
-
-def _zoo(name: str):
-    from .oracles.zoo import all_problems
-
-    return next(p for p in all_problems(quick=True) if p.name == name)
-
-
-def _zoo_inputs(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters, theta: Tensor,
-                refresh: bool) -> tuple[list[Tensor], Refresh | None]:
-    """The problem's float64 gradient at theta and, on refresh steps, its Gauss-Newton diagonal as a
-    GNB-shaped estimate (``ghat = sqrt(gn / B)``, ``hhat = B ghat^2`` or ``ghat^2`` where B lives at step time)."""
-    from .oracles.zoo import FLOAT
-
-    problem = _zoo(scenario.problem)
-    x = [float(v) for v in theta.tolist()]
-    grads = [torch.tensor(problem.grad(x, FLOAT), dtype=F64)]
-    if not refresh:
-        return grads, None
-    b = hyper.batch_size
-    gn = torch.tensor(problem.gauss_newton_diagonal(x, FLOAT), dtype=F64)
-    ghat = torch.sqrt(gn / b)
-    hhat = (b if dialect.knobs.batch_factor == "estimate" else 1.0) * ghat * ghat
-    return grads, Refresh(hhat=[hhat], ghat=[ghat], batch=b)
-
-
-def _strided(tensors: list[Tensor]) -> list[Tensor]:
-    """The same values as views with a gap between elements (every other element of a buffer)."""
-    out = []
-    for t in tensors:
-        buffer = torch.zeros(tuple(t.shape) + (2,), dtype=t.dtype)
-        buffer[..., 0] = t
-        out.append(buffer[..., 0])
-    return out
 
 
 def reference_adapter(dialect: Dialect) -> Adapter:
@@ -320,18 +148,6 @@ class ScenarioResult:
     @property
     def worst_ulps(self) -> float:
         return _nanmax([self.params.ulps, self.m.ulps, self.h.ulps])
-
-    def bounds(self) -> dict[str, float]:
-        """The largest error allowed for parameters, m and h (see the module docstring)."""
-        if self.naive is None:
-            per_step = FLOAT64_STEP_ULPS * (1 if self.tier == "teacher-forced" else FLOAT64_GROWTH_ULPS_PER_STEP * self.steps)
-            return {"parameters": per_step, "m": per_step, "h": per_step}
-        return {k: LOW_PRECISION_FACTOR * w.ulps + LOW_PRECISION_FLOOR_ULPS for k, w in self.naive.items()}
-
-    def violations(self) -> list[tuple[str, Worst, float]]:
-        bounds = self.bounds()
-        got = {"parameters": self.params, "m": self.m, "h": self.h}
-        return [(k, got[k], bounds[k]) for k in got if not got[k].ulps <= bounds[k]]
 
 
 def _build(adapter: Adapter, init, hyper, dtype, device, groups=None):
@@ -499,81 +315,3 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
             _measure(result.naive, naive.parameters(), m_naive, h_naive, want, before, m_ref, h_ref, (m, h), grads,
                      hhat, lr, dtype, state_dtype, t)
     return result
-
-
-def departures_from_paper(dialect: Dialect) -> list[str]:
-    """The dialect's departures from ``paper`` in plain language (a preset's own list, or the knobs that differ)."""
-    from dataclasses import asdict
-
-    if dialect.departures:
-        return [f"departs from paper: {d}" for d in dialect.departures]
-    paper = asdict(get_dialect("paper").knobs)
-    return [f"departs from paper: {k} = {v!r} (paper: {paper[k]!r})" for k, v in asdict(dialect.knobs).items()
-            if v != paper[k]]
-
-
-@dataclass
-class Certificate:
-    implementation: str
-    version: str
-    dialect: str
-    dtype: str
-    device: str
-    seed: int
-    conforms: bool
-    metrics: dict
-    findings: list[str]
-    tool_version: str
-    results: list[ScenarioResult] = field(default_factory=list)
-
-
-
-
-def certify(adapter: Adapter, dialect: str | Dialect | None = None, quick: bool = False,
-            dtype: torch.dtype = F64, device: str = "cpu",
-            on_scenario: Callable[[str], None] | None = None) -> Certificate:
-    """Run the battery for one implementation against one dialect and decide.
-
-    ``on_scenario`` is called with each scenario's name before it runs (for progress bars).
-    """
-    from sophia_ref import __version__
-
-    preset = get_dialect(dialect or adapter.dialect or "paper")
-    results = []
-    for scenario in battery(quick):
-        if on_scenario:
-            on_scenario(scenario.name)
-        for tier in ("teacher-forced", "free-running"):
-            results.append(run_scenario(adapter, preset, scenario, tier, dtype, device))
-    findings, ok = departures_from_paper(preset), True
-    for r in results:
-        if r.skipped:
-            continue
-        if r.error:
-            ok = False
-            findings.append(f"does not conform: {r.scenario} ({r.tier}): the implementation failed: {r.error}")
-            continue
-        for note in r.boundary:
-            if note.split("; ", 1)[1].startswith("explained"):
-                findings.append(f"clip boundary: {r.scenario} ({r.tier}): {note}")
-        for what, worst, bound in r.violations():
-            ok = False
-            naive = "" if r.naive is None else f"; the naive float32 evaluation: {r.naive[what].ulps:.3g} ulps"
-            findings.append(f"does not conform: {r.scenario} ({r.tier}): {what} off by {worst.ulps:.3g} ulps (bound {bound:.3g}{naive}) "
-                            f"at {worst.where}")
-    ran = [r for r in results if not r.skipped and not r.error]
-    naive_runs = [r for r in ran if r.naive is not None]
-    metrics = {
-        "naive_teacher_forced_max_ulps": _nanmax(_nanmax(w.ulps for w in r.naive.values()) for r in naive_runs
-                                                 if r.tier == "teacher-forced"),
-        "naive_free_running_max_ulps": _nanmax(_nanmax(w.ulps for w in r.naive.values()) for r in naive_runs
-                                               if r.tier == "free-running"),
-        "teacher_forced_max_ulps": _nanmax(r.worst_ulps for r in ran if r.tier == "teacher-forced"),
-        "free_running_max_ulps": _nanmax(r.worst_ulps for r in ran if r.tier == "free-running"),
-        "max_relative_error": _nanmax(_nanmax([r.params.relative, r.m.relative, r.h.relative]) for r in ran),
-        "scenarios_run": len(ran),
-        "scenarios_skipped": sum(1 for r in results if r.skipped),
-        "scenarios_failed": sum(1 for r in results if r.error),
-    }
-    return Certificate(adapter.name, adapter.version, preset.name, str(dtype).replace("torch.", ""), device, 0, ok,
-                       metrics, findings, __version__, results)
