@@ -20,14 +20,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dialects(args: argparse.Namespace) -> int:
-    from .dialects import get_dialect, table
+    from .dialects import get_dialect, table, terminal_table
 
     if args.name:
         print("\n\n".join(get_dialect(name).describe() for name in args.name))
-    else:
+    elif args.markdown:
         print(table())
-        print("\nρ is the clip threshold of the rho (v1) form; `sophia-ref dialects NAME` describes one preset.")
+    else:
+        print(terminal_table())
+        print("\nρ is the clip threshold of the rho (v1) form; `sophia-ref dialects NAME` describes one preset; "
+              "--markdown prints the table for a README.")
     return 0
+
+
+def _mutation(args: argparse.Namespace) -> int:
+    from verification import mutation
+
+    return mutation.run(args)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -41,7 +50,26 @@ def _verify(args: argparse.Namespace) -> int:
 def _certify(args: argparse.Namespace) -> int:
     from verification import certify
 
-    return certify.main(args.impl, args.dialect, args.dtype, args.device, args.json, args.quick, args.readme)
+    if args.adapter_template:
+        from verification.conformance.discover import adapter_template
+
+        print(adapter_template())
+        return 0
+    auto = args.dialect == "auto"
+    dialect = None if args.dialect is None or auto else args.dialect_parsed
+    return certify.main(args.impl, dialect, auto, args.dtype, args.device, args.json, args.quick, args.readme,
+                        dialect_text=args.dialect)
+
+
+def _dialect_type(text: str) -> str:
+    """argparse type of --dialect: checked before anything runs (an unknown preset or knob is exit 2)."""
+    from verification.conformance.resolve import parse_dialect
+
+    try:
+        parse_dialect(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def _theory(args: argparse.Namespace) -> int:
@@ -88,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dialects", help="list the named dialects of the rule (or describe some)",
         description="The presets of the one rule: where each public implementation departs from the paper.")
     dialects.add_argument("name", nargs="*", help="describe these presets (default: print the table of all)")
+    dialects.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in the README)")
     dialects.set_defaults(run=_dialects)
 
     verify = commands.add_parser(
@@ -101,17 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--verbose", action="store_true", help="print the notes behind every row")
     verify.set_defaults(run=_verify)
 
+    from sophia_ref.dialects import DIALECTS
+    from verification.conformance.resolve import KNOWN
+
     certify = commands.add_parser(
         "certify", help="run implementations in lock-step with the reference and say which dialect they compute",
-        description="Certifies each IMPL against the float64 reference over a battery of scenarios, teacher-forced "
-                    "(one step at a time from the reference's state) and free-running, and prints the conformance "
-                    "matrix. IMPL is module:object (a torch.optim.Optimizer subclass or factory following the "
-                    "SophiaRef convention, or an Adapter) or a known name; with no IMPL, the project's own "
-                    "implementation and every public one installed. Exit status 0 only if every one conforms.",
+        description="Certifies each IMPL against the float64 reference: resolves it, discovers its API and state, "
+                    "detects its dialect by behaviour, runs a battery of scenarios teacher-forced (one step at a "
+                    "time from the reference's state) and free-running, and prints the conformance matrix with "
+                    "ranked findings. Exit status 0 only if every implementation conforms: computes the dialect "
+                    "it claims (--dialect D, or its adapter's claim, else paper), or under --dialect auto a named "
+                    "preset. Verdicts: conforms, departs (knobs that match no preset, or not its claim), outside "
+                    "the knobs (no knob setting reproduces it), fails, error (nothing could be certified).",
+        epilog=f"IMPL: module:object (an Adapter subclass, or a torch.optim.Optimizer subclass or factory; the "
+               f"current directory is on the import path) or a short name: {', '.join(KNOWN)}. With no IMPL: "
+               f"sophia-ref's own implementation and every public one installed. "
+               f"Dialects: auto, {', '.join(DIALECTS)}, or PRESET,knob=value,... "
+               f"(e.g. paper,bias_correction=true; `sophia-ref dialects` lists the presets and knobs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     certify.add_argument("impl", nargs="*", metavar="IMPL", help="implementations to certify")
-    certify.add_argument("--dialect", default=None, metavar="D",
-                         help="the dialect to hold them to (a preset name); default: the one each claims")
+    certify.add_argument("--dialect", default=None, metavar="D", type=_dialect_type,
+                         help="the dialect to hold them to: auto (detect it), a preset, or PRESET,knob=value,...; "
+                              "default: the one each claims, else paper")
     certify.add_argument("--dtype", default="float64", choices=["float64", "float32", "bfloat16", "float16"],
                          help="parameter dtype")
     certify.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the implementation")
@@ -120,7 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--readme", metavar="PATH",
                          help="also write the matrix (with the date and versions) between the conformance-matrix "
                               "markers of PATH")
+    certify.add_argument("--adapter-template", action="store_true",
+                         help="print the skeleton of an Adapter for an optimizer whose API does not fit, and exit")
     certify.set_defaults(run=_certify)
+
+    from verification import mutation
+
+    mutate = commands.add_parser(
+        "mutation", help="mutation testing: change one line of the code at a time and see a test fail",
+        description="Mutates sophia_ref/rule.py, dialects.py, estimators.py and the verdict logic "
+                    "(verification/conformance/judge.py) one line at a time, runs the tests that cover each, and "
+                    "prints the survivors and the score (killed / (total - equivalent)). Run it in a checkout; "
+                    "docs/MUTATION.md explains the output and the equivalents file.")
+    mutation.add_arguments(mutate)
+    mutate.set_defaults(run=_mutation)
 
     from theory.run import EXPERIMENTS
 
@@ -139,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_certify_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors of certify (exit 2) before anything runs: an IMPL that is neither module:object nor a
+    short name; the dialect parsed once here."""
+    from verification.conformance.resolve import KNOWN, parse_dialect
+
+    for impl in args.impl:
+        if impl not in KNOWN and (":" not in impl or not all(impl.partition(":")[::2])):
+            parser.error(f"certify: IMPL {impl!r} is neither module:object nor a short name "
+                         f"({', '.join(KNOWN)})")
+    args.dialect_parsed = None if args.dialect in (None, "auto") else parse_dialect(args.dialect)
+
+
 def _version() -> str:
     from . import __version__
 
@@ -148,6 +213,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "certify":
+        _check_certify_args(parser, args)
     if args.command is None:
         parser.print_help()
         return 2

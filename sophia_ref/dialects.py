@@ -15,9 +15,11 @@ so v1 ``(eta, rho, eps, lam)`` is v4 ``(eta rho, gamma = rho, rho eps, lam / rho
 
 from __future__ import annotations
 
+import textwrap
+import unicodedata
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .rule import Knobs
 
@@ -118,8 +120,48 @@ SOPHIA_OPTIMIZER = _preset(
     ],
 )
 
+LEVANTER = _preset(
+    "levanter", Knobs(bias_correction=True, refresh="caller"),
+    dict(betas=(0.96, 0.99), gamma=0.01, eps=1e-12, weight_decay=0.1, hessian_interval=10, batch_size=1.0),
+    "Hutchinson with Gaussian probes (one probe, jax.random.normal), at the pre-step parameters of step t = k, 2k, ...",
+    "levanter Sophia-H (JAX; stanford-crfm/levanter src/levanter/optim/sophia.py at HEAD 9263f81e, "
+    "2025-09-26, the file as of 9fde0781): clip(m_hat / max(gamma h, eps), c) with m bias-corrected and h not.",
+    [
+        "bias correction of m: m / (1 - b1^t); h is not corrected",
+        "weight decay is added after the clip, u + lambda theta, then the sum times -lr: the paper's decay of "
+        "the pre-step theta (never clipped), up to rounding (-lr (u + lambda theta) is one product, not two)",
+        "h refreshes after step t when t mod k == 0 (t = k, 2k, ...), from an estimate at step t's pre-step "
+        "parameters, and is first used by step t + 1: in this rule the caller refresh of steps k + 1, 2k + 1, ... "
+        "and never of t = 1 (the first k steps divide by max(0, eps) = eps: sign steps). A hessian_estimator "
+        "given to SophiaRef runs at theta_{t+1}, one step after levanter's point; pass hessian_estimate= computed "
+        "at the previous step's parameters to reproduce levanter exactly",
+        "defaults are those of its registered optimizer `sophia-h` (SophiaHConfig: beta1 0.96, eps 1e-12, "
+        "weight_decay 0.1, update_interval 10); the functional sophia_h() has b1 0.965, eps 1e-8, "
+        "weight_decay 0, lr 0.85e-3",
+        "clip_threshold c is a setting (default 1.0, the paper's clip at 1); its Sophia-G estimator raises "
+        "NotImplementedError",
+    ],
+)
+
+FASTXTEND = _preset(
+    "fastxtend",
+    Knobs(eps_placement="add", clip_form="sign_min", refresh="never", batch_factor="step"),
+    dict(betas=(0.965, 0.99), gamma=0.4, eps=1e-15, weight_decay=0.01, hessian_interval=10, batch_size=1.0),
+    "GNB by sampled labels in its SophiaCallback, which never runs: h stays 0",
+    "fastxtend Sophia (warner-benjamin/fastxtend fastxtend/optimizer/sophia.py at HEAD b8c4e87c, v0.1.7; "
+    "the file as of 8507037b): the official ratio sign(m) min(|m| / (rho bs h + eps), 1); `rho` is gamma.",
+    [
+        "everything `official` departs in: eps = 1e-15 added to the denominator, sign(m) min(|m|/d, 1), "
+        "bs multiplying h at step time (it passes find_bs(yb), the number of sequences; moot while h is 0)",
+        "h never refreshes: SophiaCallback refreshes when step % k == k, which is never true, so h stays 0, "
+        "d = eps and every step with |m| >= eps is a sign step eta sign(m)",
+        "weight decay p *= 1 - lr wd before the step: the paper's decay of the pre-step theta, up to rounding",
+        "defaults rho = 0.4, wd = 0.01, betas (0.965, 0.99); hessian_update = 10 in the callback",
+    ],
+)
+
 DIALECTS: Mapping[str, Dialect] = MappingProxyType(
-    {d.name: d for d in (PAPER, PAPER_V1, OFFICIAL, OPTAX, PYTORCH_OPTIMIZER, SOPHIA_OPTIMIZER)}
+    {d.name: d for d in (PAPER, PAPER_V1, OFFICIAL, OPTAX, PYTORCH_OPTIMIZER, SOPHIA_OPTIMIZER, LEVANTER, FASTXTEND)}
 )
 
 
@@ -146,25 +188,75 @@ def v4_to_v1(lr: float, gamma: float, eps: float, weight_decay: float = 0.0) -> 
     return dict(lr=lr / gamma, rho=gamma, eps=eps / gamma, weight_decay=weight_decay * gamma)
 
 
-def table() -> str:
-    """The presets as a Markdown table, one row per dialect (``sophia-ref dialects`` prints it)."""
-    rows = [
-        "| dialect | update | eps | bias correction | refresh | batch factor B | m updates / step | estimator |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for d in DIALECTS.values():
-        k, eps = d.knobs, d.defaults["eps"]
-        ratio = "h" if k.form == "rho" else "γh"
-        if k.batch_factor == "step":
-            ratio = ratio.replace("h", "Bh")
-        denominator = f"max({ratio}, ε)" if k.eps_placement == "max" else f"{ratio} + ε"
-        m = "m̂" if k.bias_correction else "m"
-        c = "ρ" if k.form == "rho" else "1"
-        update = (f"clip({m}/{denominator}, {c})" if k.clip_form == "clip"
-                  else f"sign({m})·min(\\|{m}\\|/({denominator}), {c})")
-        refresh = {"immediate": "(t-1) mod k = 0, used at once", "next_step": "(t-1) mod k = 0, used from t+1",
-                   "caller": "when the caller gives one, used at once"}[k.refresh]
-        batch = "in the estimate" if k.batch_factor == "estimate" else f"at step time (default {d.defaults['batch_size']:g})"
-        rows.append(f"| `{d.name}` | `{update}` | {eps:g} | {'yes' if k.bias_correction else 'no'} | {refresh} "
-                    f"| {batch} | {k.momentum_updates} | {d.estimator} |")
+COLUMNS = ("dialect", "update", "eps", "bias correction", "refresh", "batch factor B", "m updates / step",
+           "weight decay", "estimator")
+
+_REFRESH = {"immediate": "(t-1) mod k = 0, used at once", "next_step": "(t-1) mod k = 0, used from t+1",
+            "caller": "when the caller gives one, used at once", "never": "never (h stays 0)"}
+_CLAMP = {"none": "", "zero": "; folds max(ĥ, 0)", "abs": "; folds |ĥ|"}
+_H_BIAS = {"none": "", "steps": "h: 1 - β2^t", "refreshes": "h: 1 - β2^n (n refreshes)"}
+_DECAY = {"before": "on θ_t", "after": "on θ_t - ηu (after the step)", "coupled": "coupled: g + λθ"}
+
+
+def _update_formula(k: Knobs) -> str:
+    """The step direction u as a formula: m̂ / ĥ where m / h are bias-corrected, B where it multiplies at step time."""
+    m = "m̂" if k.bias_correction else "m"
+    h = "ĥ" if k.h_bias_correction != "none" else "h"
+    ratio = ("" if k.form == "rho" else "γ") + ("B" if k.batch_factor == "step" else "") + h
+    denominator = f"max({ratio}, ε)" if k.eps_placement == "max" else f"{ratio} + ε"
+    c = "ρ" if k.form == "rho" else "1"
+    if k.clip_form == "clip":
+        return f"clip({m}/{denominator}, {c})"
+    return f"sign({m})·min(|{m}|/({denominator}), {c})"
+
+
+def _cells(d: Dialect) -> list[str]:
+    """One preset's row, plain text: every knob, the non-paper ones spelled out."""
+    k = d.knobs
+    corrections = [part for part in ("m: 1 - β1^t" if k.bias_correction else "", _H_BIAS[k.h_bias_correction])
+                   if part]
+    batch = ("in the estimate" if k.batch_factor == "estimate"
+             else f"at step time (default {d.defaults['batch_size']:g})")
+    decay = f"{_DECAY[k.weight_decay_form]}, λ = {d.defaults['weight_decay']:g}"
+    return [d.name, _update_formula(k), f"{d.defaults['eps']:g}", "; ".join(corrections) or "no",
+            _REFRESH[k.refresh] + _CLAMP[k.estimate_clamp], batch, str(k.momentum_updates), decay, d.estimator]
+
+
+def table(presets: Iterable[Dialect] | None = None) -> str:
+    """The presets (all of :data:`DIALECTS` by default) as a Markdown table, one row per dialect
+    (``sophia-ref dialects --markdown`` prints it)."""
+    escape = lambda cell: cell.replace("|", "\\|")
+    rows = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for d in DIALECTS.values() if presets is None else presets:
+        cells = [escape(c) for c in _cells(d)]
+        cells[0], cells[1] = f"`{cells[0]}`", f"`{cells[1]}`"
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def terminal_table(presets: Iterable[Dialect] | None = None, width: int = 26) -> str:
+    """The presets (all of :data:`DIALECTS` by default) as an aligned plain-text table (``sophia-ref dialects`` prints it): columns two spaces
+    apart; a cell of prose longer than ``width`` characters wraps onto continuation lines (names,
+    formulas and numbers never wrap)."""
+    prose = {COLUMNS.index(c) for c in ("bias correction", "refresh", "batch factor B", "weight decay", "estimator")}
+    rows = [list(COLUMNS)] + [_cells(d) for d in (DIALECTS.values() if presets is None else presets)]
+    wrapped = [[(textwrap.wrap(cell, width) or [""]) if i in prose else [cell] for i, cell in enumerate(row)]
+               for row in rows]
+    widths = [max(_display_width(line) for row in wrapped for line in row[i]) for i in range(len(COLUMNS))]
+    out = []
+    for r, row in enumerate(wrapped):
+        for n in range(max(len(cell) for cell in row)):
+            parts = [_pad(cell[n] if n < len(cell) else "", w) for cell, w in zip(row, widths)]
+            out.append("  ".join(parts).rstrip())
+        if r == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns of text: combining marks (the hat of m̂) take none."""
+    return sum(0 if unicodedata.combining(ch) else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _display_width(text))

@@ -26,6 +26,30 @@ def _count_non_finite(tensor: Tensor) -> int:
     return int(torch.count_nonzero(~torch.isfinite(tensor)))
 
 
+def recipe_refresh_step(t: int, k: int) -> bool:
+    """The official recipe's refresh steps in this rule's terms: ``t > 1`` and ``(t - 1) mod k == 0``."""
+    return t > 1 and (t - 1) % k == 0
+
+
+def _implied_refreshes(step: int, k: int, knobs: rule.Knobs, refresh_steps: int) -> int:
+    """The refresh count of a parameter after ``step`` steps, for checkpoints saved without one:
+    ``ceil(step / k)`` on the ``(t - 1) mod k`` schedule, 0 if h never refreshes, and for a caller-driven
+    refresh the optimizer's count of refresh steps (exact when the parameter had a gradient on each)."""
+    if knobs.refresh in ("immediate", "next_step"):
+        return -(-step // k)
+    if knobs.refresh == "never":
+        return 0
+    return refresh_steps
+
+
+def _saved_knobs(saved: dict) -> dict:
+    """The knobs a checkpoint was saved with; fields it predates take their defaults."""
+    try:
+        return asdict(rule.Knobs(**saved))
+    except (TypeError, ValueError):
+        return dict(saved)
+
+
 @dataclass(frozen=True)
 class StepDiagnostics:
     """What the last call to :meth:`SophiaRef.step` did, over all parameters.
@@ -78,6 +102,20 @@ class SophiaRef(Optimizer):
     the ``hessian_estimator`` given here (a callable of no argument returning
     such a list). Callables run only on refresh steps, before any parameter
     moves, with grad enabled.
+
+    In a dialect whose refresh is the caller's (``official``, ``levanter``), an
+    explicit ``hessian_estimate`` refreshes every parameter on that step; without
+    one, a ``hessian_estimator`` is called on the official recipe's schedule:
+    steps ``t > 1`` with ``(t - 1) mod k == 0`` (t = k + 1, 2k + 1, ...; the
+    recipe's ``update_hessian()`` after steps k, 2k, ...), per parameter group's k.
+    In a dialect whose refresh is ``"never"`` (``fastxtend``) estimates are ignored.
+
+    Each parameter's state holds ``step``, ``m``, ``h`` (float64) and
+    ``refreshes``, the number of estimates folded into its h (the n of the
+    ``h_bias_correction="refreshes"`` knob). A checkpoint saved without it is
+    given the count its schedule implies: ``ceil(step / k)`` for the
+    ``(t - 1) mod k`` phases, 0 for ``"never"``, and the optimizer's count of
+    refresh steps for a caller-driven refresh.
 
     ``nan_policy``: a NaN or Inf in a gradient or an estimate raises
     ``FloatingPointError`` (``"raise"``) or skips the step and counts it
@@ -198,12 +236,12 @@ class SophiaRef(Optimizer):
                     if p.grad.is_complex():
                         raise ValueError(f"{name} has a complex gradient ({p.grad.dtype})")
                     state = self.state.get(p)  # .get: a failed step must not leave even an empty entry behind
-                    current = (rule.State(state["step"], state["m"], state["h"], self._denominators.get(p))
-                               if state else rule.init(p))
+                    current = (rule.State(state["step"], state["m"], state["h"], self._denominators.get(p),
+                                          state.get("refreshes", 0)) if state else rule.init(p))
                     work.append((gi, pi, flat, p, current))
                 flat += 1
 
-        refresh = [rule.is_refresh_step(s.step + 1, hypers[gi].hessian_interval, knobs, hessian_estimate is not None)
+        refresh = [self._is_refresh_step(s.step + 1, hypers[gi].hessian_interval, hessian_estimate is not None)
                    for gi, _, _, _, s in work]
         estimate = self._estimate(hessian_estimate, t, flat) if any(refresh) else None
         if estimate is not None:
@@ -233,7 +271,7 @@ class SophiaRef(Optimizer):
         numel = clipped = floored = unclipped = 0
         for (gi, pi, fi, p, _), (new, delta, diag) in zip(work, results):
             state = self.state[p]
-            state["step"], state["m"], state["h"] = new.step, new.m, new.h
+            state["step"], state["m"], state["h"], state["refreshes"] = new.step, new.m, new.h, new.refreshes
             self._denominators[p] = new.denominator
             if p.dtype == torch.float64:
                 p.add_(delta)
@@ -251,6 +289,14 @@ class SophiaRef(Optimizer):
         self.diagnostics = StepDiagnostics(t, False, refreshed, numel, unclipped / numel if numel else float("nan"),
                                            clipped, floored, self._refreshes, self._skipped)
         return loss
+
+    def _is_refresh_step(self, t: int, k: int, explicit: bool) -> bool:
+        """Whether a parameter at its step t refreshes: the rule's schedule, except that a caller-driven
+        refresh given no explicit estimate calls ``hessian_estimator`` on the official recipe's steps."""
+        knobs = self.dialect.knobs
+        if knobs.refresh == "caller" and not explicit and self.hessian_estimator is not None:
+            return recipe_refresh_step(t, k)
+        return rule.is_refresh_step(t, k, knobs, explicit)
 
     def _master(self, p: Tensor) -> Tensor:
         """The float64 value of p: p itself, or its master copy (re-read if p was changed from outside)."""
@@ -274,7 +320,7 @@ class SophiaRef(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         counters = state_dict.pop(_STATE_DICT_KEY, None)
-        if counters is not None and counters["knobs"] != asdict(self.dialect.knobs):
+        if counters is not None and _saved_knobs(counters["knobs"]) != asdict(self.dialect.knobs):
             raise ValueError(f"this state dict was saved by a SophiaRef with dialect {counters['dialect']!r}, "
                              f"which differs from this optimizer's {self.dialect.name!r}")
         saved_state = state_dict["state"]
@@ -289,3 +335,9 @@ class SophiaRef(Optimizer):
                     self.state[p][key] = value.to(device=p.device, dtype=torch.float64, copy=True)
         if counters is not None:
             self._step, self._refreshes, self._skipped = counters["step"], counters["refreshes"], counters["skipped"]
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "refreshes" not in state:
+                    state["refreshes"] = _implied_refreshes(state["step"], group["hessian_interval"],
+                                                            self.dialect.knobs, self._refreshes)

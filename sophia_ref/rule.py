@@ -30,21 +30,45 @@ each difference is one field of :class:`Knobs`, never a second copy of the rule
     ``d < 0``.
 ``bias_correction``
     divide m by ``1 - b1^t`` before the step.
+``h_bias_correction``
+    ``"none"``; ``"steps"``: the step divides by ``h / (1 - b2^t)``;
+    ``"refreshes"``: by ``h / (1 - b2^n)``, n the number of refreshes folded
+    into that h (no correction while n = 0). The stored h stays uncorrected.
+``estimate_clamp``
+    ``"none"``; ``"zero"``: a refresh folds ``max(hhat, 0)`` into h;
+    ``"abs"``: it folds ``|hhat|``.
 ``refresh``
     ``"immediate"``: refresh when ``(t - 1) mod k == 0`` and use the new h in the
     same step; ``"next_step"``: refresh on the same steps, but the step uses the
     h from before the refresh; ``"caller"``: refresh exactly on the steps that
-    are given an estimate, and use it at once.
+    are given an estimate, and use it at once; ``"never"``: h never changes and
+    estimates are ignored.
 ``batch_factor``
     ``"estimate"``: the estimate already carries the batch factor B (GNB);
     ``"step"``: the denominator multiplies h by :attr:`Hyper.batch_size` at step
     time (the official code's ``bs``).
 ``momentum_updates``
     how many times m absorbs the gradient per step (1 in the paper).
+``weight_decay_form``
+    ``"before"`` (paper): ``theta_{t+1} = theta_t - eta lam theta_t - eta u``;
+    ``"after"``: ``theta_{t+1} = (theta_t - eta u)(1 - eta lam)``;
+    ``"coupled"``: ``g_t + lam theta_t`` enters the momentum and there is no
+    decoupled term.
+
+In one step the knobs act in this order: coupled decay of g, the momentum
+update(s), the refresh (clamp hhat, fold it into h, count it), the h the step
+divides by (``next_step``: the pre-refresh one), bias correction of m, bias
+correction of h, the denominator and direction u, and the delta.
 
 A coordinate with zero momentum never moves, even where the denominator is 0
 (``eps = 0`` with ``h = 0``): the rule reads ``0 / 0`` as 0, the limit of the
-clipped ratio, rather than NaN.
+clipped ratio, rather than NaN. Where ``gamma B h`` overflows float64 although h
+is finite, the quotient ``m / (gamma B h)`` is evaluated with ``gamma B`` split
+into a mantissa and a power of two, so it is the float64 expression as if the
+exponent range were unbounded (instead of ``m / inf = 0``).
+
+``delta`` has the dtype ``torch.promote_types(theta.dtype, direction.dtype)``,
+whatever the weight decay: float64 whenever theta or the state is float64.
 """
 
 from __future__ import annotations
@@ -59,8 +83,11 @@ from torch import Tensor
 FORMS = ("gamma", "rho")
 EPS_PLACEMENTS = ("max", "add")
 CLIP_FORMS = ("clip", "sign_min")
-REFRESH_PHASES = ("immediate", "next_step", "caller")
+REFRESH_PHASES = ("immediate", "next_step", "caller", "never")
 BATCH_FACTORS = ("estimate", "step")
+H_BIAS_CORRECTIONS = ("none", "steps", "refreshes")
+ESTIMATE_CLAMPS = ("none", "zero", "abs")
+WEIGHT_DECAY_FORMS = ("before", "after", "coupled")
 
 
 def _choice(name: str, value, accepted: tuple) -> None:
@@ -79,6 +106,9 @@ class Knobs:
     refresh: str = "immediate"
     batch_factor: str = "estimate"
     momentum_updates: int = 1
+    h_bias_correction: str = "none"
+    estimate_clamp: str = "none"
+    weight_decay_form: str = "before"
 
     def __post_init__(self) -> None:
         _choice("form", self.form, FORMS)
@@ -86,6 +116,9 @@ class Knobs:
         _choice("clip_form", self.clip_form, CLIP_FORMS)
         _choice("refresh", self.refresh, REFRESH_PHASES)
         _choice("batch_factor", self.batch_factor, BATCH_FACTORS)
+        _choice("h_bias_correction", self.h_bias_correction, H_BIAS_CORRECTIONS)
+        _choice("estimate_clamp", self.estimate_clamp, ESTIMATE_CLAMPS)
+        _choice("weight_decay_form", self.weight_decay_form, WEIGHT_DECAY_FORMS)
         if not isinstance(self.bias_correction, bool):
             raise ValueError(f"bias_correction={self.bias_correction!r} is not valid; accepted values: True, False")
         if isinstance(self.momentum_updates, bool) or not isinstance(self.momentum_updates, int) or self.momentum_updates < 1:
@@ -149,17 +182,18 @@ class Denominator(NamedTuple):
     version: int
     key: tuple
     d: Tensor
-    floored: int
 
 
 class State(NamedTuple):
-    """State of one parameter tensor after ``step`` completed steps: the paper's (t, m, h),
-    plus an optional :class:`Denominator` cache that changes no result."""
+    """State of one parameter tensor after ``step`` completed steps: the paper's (t, m, h), the number
+    of refreshes folded into h (``refreshes``), and an optional :class:`Denominator` cache that
+    changes no result."""
 
     step: int
     m: Tensor
     h: Tensor
     denominator: Denominator | None = None
+    refreshes: int = 0
 
 
 class Diagnostics(NamedTuple):
@@ -169,7 +203,8 @@ class Diagnostics(NamedTuple):
     ``clipped`` counts coordinates where the clip bound binds (``|u| == c``: a
     sign step of size eta*c); ``unclipped`` those with ``|u| < c``, whose step is
     the Newton-like ``eta m / d``; ``floored`` those where the scaled curvature
-    ``gamma h`` is at or below eps (flat, zero or negative curvature).
+    ``gamma h`` (of the h the step divided by) is at or below eps (flat, zero or
+    negative curvature).
     """
 
     refreshed: bool
@@ -181,7 +216,7 @@ class Diagnostics(NamedTuple):
 
 
 def init(theta: Tensor) -> State:
-    """``m_0 = 0``, ``h_0 = 0``, ``t = 0``."""
+    """``m_0 = 0``, ``h_0 = 0``, ``t = 0``, no refresh yet."""
     zeros = torch.zeros_like(theta, dtype=torch.float64)
     return State(step=0, m=zeros, h=zeros.clone())
 
@@ -194,6 +229,8 @@ def is_refresh_step(t: int, k: int, knobs: Knobs, estimate_given: bool = False) 
     """
     if knobs.refresh == "caller":
         return estimate_given
+    if knobs.refresh == "never":
+        return False
     return (t - 1) % k == 0
 
 
@@ -208,53 +245,135 @@ def update(state: State, theta: Tensor, grad: Tensor, hyper: Hyper, knobs: Knobs
     refreshed = is_refresh_step(t, hyper.hessian_interval, knobs, hhat is not None)
     if refreshed and hhat is None:
         raise ValueError(f"step {t} refreshes the Hessian estimate (k={hyper.hessian_interval}) but no estimate was given")
-    b1, b2, eta, lam = hyper.beta1, hyper.beta2, hyper.lr, hyper.weight_decay
+    b1, b2, eta, lam, eps = hyper.beta1, hyper.beta2, hyper.lr, hyper.weight_decay, hyper.eps
+    scale, c = _scale_and_threshold(hyper, knobs)                              # gamma (B) and the clip threshold
 
-    # Each line is one equation, evaluated as written (b1*m, (1-b1)*g, then the sum: one
-    # rounding each); results go to fresh tensors, updated in place only where that
-    # cannot change a bit.
+    # The paper's path, one line per equation, each evaluated as written (b1*m, (1-b1)*g, then the
+    # sum: one rounding each); results go to fresh tensors. Knob lines stand beside the equation they alter.
+    g = _coupled(grad, theta, lam) if knobs.weight_decay_form == "coupled" else grad  # knob: g_t + lam theta_t
     m = state.m
     for _ in range(knobs.momentum_updates):
-        m = torch.mul(m, b1).add_(torch.mul(grad, 1 - b1))                  # m_t = b1 m_{t-1} + (1 - b1) g_t
-    h = torch.mul(state.h, b2).add_(torch.mul(hhat, 1 - b2)) if refreshed else state.h  # h_t = b2 h_{t-k} + (1 - b2) hhat_t
-    h_step = state.h if knobs.refresh == "next_step" else h                 # the h this step divides by
-    m_step = m / (1 - b1 ** t) if knobs.bias_correction else m              # bias-corrected m, where the dialect has it
+        m = torch.mul(m, b1).add_(torch.mul(g, 1 - b1))                       # m_t = b1 m_{t-1} + (1 - b1) g_t
+    if refreshed:
+        hhat = _clamped(hhat, knobs.estimate_clamp)                           # knob: max(hhat, 0) or |hhat|
+        h = torch.mul(state.h, b2).add_(torch.mul(hhat, 1 - b2))              # h_t = b2 h_{t-k} + (1 - b2) hhat_t
+    else:
+        h = state.h                                                           # h_t = h_{t-1}
+    refreshes = state.refreshes + refreshed
+    h_used, n = (state.h, state.refreshes) if knobs.refresh == "next_step" else (h, refreshes)  # knob: pre-refresh h
+    m_used = torch.div(m, 1 - b1 ** t) if knobs.bias_correction else m        # knob: m_t / (1 - b1^t)
+    h_used = _h_corrected(h_used, b2, t, n, knobs.h_bias_correction)         # knob: h_t / (1 - b2^n)
+    memo = _cached_denominator(state.denominator, h_used, scale, eps, knobs.eps_placement)
+    d = memo.d                                                                # max(gamma h_t, eps)
+    u = _direction(m_used, d, h_used, scale, eps, c, knobs)                   # clip(m_t / d, 1)
+    delta = _delta(theta, u, eta, lam, knobs.weight_decay_form)               # -eta lam theta_t - eta u
 
-    scale, c = (hyper.gamma, 1.0) if knobs.form == "gamma" else (1.0, hyper.gamma)  # gamma h, clip at 1 | h, clip at rho
+    new = State(step=t, m=m, h=h, denominator=memo, refreshes=refreshes)
+    return new, delta, diagnose(refreshed, u, h_used, scale, eps, c, knobs)
+
+
+# -- the knobs' helpers: each is the identity (or the paper's expression) at the paper's settings --------------
+
+def _scale_and_threshold(hyper: Hyper, knobs: Knobs) -> tuple[float, float]:
+    """``(gamma, 1)`` in the gamma form, ``(1, rho)`` in the rho form; the scale times B where B is applied
+    at step time."""
+    scale, c = (hyper.gamma, 1.0) if knobs.form == "gamma" else (1.0, hyper.gamma)
     if knobs.batch_factor == "step":
-        scale = scale * hyper.batch_size                                    # B multiplied at step time
-    d, floored, memo = _denominator(h_step, scale, hyper.eps, knobs.eps_placement, state.denominator)
-    if knobs.clip_form == "clip":
-        u = torch.div(m_step, d).clamp_(-c, c)                              # clip(m_t / d, c)
-    else:
-        u = torch.div(m_step.abs(), d).clamp_(max=c).mul_(torch.sign(m_step))  # sign(m) min(|m| / d, c)
-    if hyper.eps == 0.0 or knobs.eps_placement == "add":
-        u.masked_fill_(m_step == 0, 0.0)                                    # 0 / 0 read as 0 (see module docstring)
-    step = torch.mul(u, eta)                                                # eta clip(...)
-    if lam == 0.0:
-        delta = step.neg_()                                                 # theta_{t+1} - theta_t
-    else:
-        delta = torch.mul(theta, -(eta * lam)).sub_(step)                   # -eta lam theta_t - eta clip(...)
-
-    clipped = int(torch.count_nonzero(u.abs() == c))                        # |u| = c: a sign step
-    unclipped = u.numel() - clipped if knobs.clip_bounded else int(torch.count_nonzero(u.abs() < c))
-    diagnostics = Diagnostics(refreshed=refreshed, numel=u.numel(), clipped=clipped, unclipped=unclipped,
-                              floored=floored, direction=u)
-    return State(step=t, m=m, h=h, denominator=memo), delta, diagnostics
+        scale = scale * hyper.batch_size
+    return scale, c
 
 
-def _denominator(h: Tensor, scale: float, eps: float, placement: str,
-                 memo: Denominator | None) -> tuple[Tensor, int, Denominator]:
-    """``d = max(scale h, eps)`` (or ``scale h + eps``) and how many coordinates have ``scale h <= eps``."""
-    key = (scale, eps, placement)
-    if memo is not None and memo.h is h and memo.version == h._version and memo.key == key:
-        return memo.d, memo.floored, memo
-    curvature = torch.mul(h, scale)                                         # gamma h_t
-    floored = int(torch.count_nonzero(curvature <= eps))
+def _coupled(grad: Tensor, theta: Tensor, lam: float) -> Tensor:
+    """``g + lam theta`` (coupled weight decay), two roundings: ``lam theta``, then the sum."""
+    return torch.add(grad, torch.mul(theta, lam))
+
+
+def _clamped(hhat: Tensor, clamp: str) -> Tensor:
+    """The estimate folded into h: ``hhat``, ``max(hhat, 0)`` or ``|hhat|``."""
+    if clamp == "zero":
+        return hhat.clamp(min=0.0)
+    if clamp == "abs":
+        return hhat.abs()
+    return hhat
+
+
+def _h_corrected(h: Tensor, b2: float, t: int, n: int, correction: str) -> Tensor:
+    """``h / (1 - b2^t)`` (``"steps"``), ``h / (1 - b2^n)`` with n refreshes folded in (``"refreshes"``;
+    h itself while n = 0), or h (``"none"``)."""
+    if correction == "steps":
+        return torch.div(h, 1 - b2 ** t)
+    if correction == "refreshes" and n > 0:
+        return torch.div(h, 1 - b2 ** n)
+    return h
+
+
+def denominator(h: Tensor, scale: float, eps: float, placement: str) -> Tensor:
+    """``d = max(scale h, eps)`` (placement ``"max"``) or ``scale h + eps`` (``"add"``)."""
+    curvature = torch.mul(h, scale)                                           # gamma h_t
     if placement == "max":
-        d = curvature.clamp_(min=eps)                                       # max(gamma h_t, eps)
+        d = curvature.clamp_(min=eps)                                         # max(gamma h_t, eps)
         if eps == 0.0:
             d.add_(0.0)  # max(-0.0, 0.0) is -0.0; adding +0.0 makes it +0.0, so m / d keeps the sign of m
+        return d
+    return curvature.add_(eps)                                                # gamma h_t + eps
+
+
+def _direction(m: Tensor, d: Tensor, h: Tensor, scale: float, eps: float, c: float, knobs: Knobs) -> Tensor:
+    """``u = clip(m / d, c)``, or ``sign(m) min(|m| / d, c)``; ``0 / 0`` read as 0."""
+    if knobs.clip_form == "clip":
+        u = _quotient(m, d, h, scale, eps, knobs.eps_placement).clamp_(-c, c)
     else:
-        d = curvature.add_(eps)                                             # gamma h_t + eps
-    return d, floored, Denominator(h, h._version, key, d, floored)
+        u = _quotient(m.abs(), d, h, scale, eps, knobs.eps_placement).clamp_(max=c).mul_(torch.sign(m))
+    if eps == 0.0 or knobs.eps_placement == "add":
+        u.masked_fill_(m == 0, 0.0)
+    return u
+
+
+def _quotient(numerator: Tensor, d: Tensor, h: Tensor, scale: float, eps: float, placement: str) -> Tensor:
+    """``numerator / d``, also where ``scale h`` overflows to +-inf with h finite.
+
+    There ``scale = s 2^e`` (``0.5 <= s < 1``) and the quotient is
+    ``(numerator / max(s h, eps 2^-e)) 2^-e``: the same two roundings (product,
+    quotient) as the float64 expression with an unbounded exponent range (``s h``
+    is a normal number whenever ``scale h`` overflows). No other coordinate is touched.
+    """
+    q = torch.div(numerator, d)
+    overflowed = torch.isinf(d) & torch.isfinite(h)
+    if bool(overflowed.any()):
+        s, e = math.frexp(scale)
+        d_scaled = denominator(h[overflowed], s, math.ldexp(eps, -e), placement)
+        q[overflowed] = torch.div(numerator[overflowed], d_scaled).mul_(2.0 ** -e)
+    return q
+
+
+def _delta(theta: Tensor, u: Tensor, eta: float, lam: float, form: str) -> Tensor:
+    """``theta_{t+1} - theta_t`` for the weight decay form, in ``promote_types(theta.dtype, u.dtype)``:
+    before ``-eta lam theta - eta u``; after ``-eta lam (theta - eta u) - eta u``; coupled ``-eta u``."""
+    dtype = torch.promote_types(theta.dtype, u.dtype)
+    s = torch.mul(u.to(dtype), eta)                                           # eta u
+    if lam == 0.0 or form == "coupled":
+        return s.neg_()
+    decayed = theta.to(dtype) if form == "before" else theta.to(dtype) - s    # the theta the decay multiplies
+    return torch.mul(decayed, -(eta * lam)).sub_(s)
+
+
+# -- off the rule's path: diagnostics and the denominator cache ----------------------------------------------
+
+def diagnose(refreshed: bool, u: Tensor, h: Tensor, scale: float, eps: float, c: float,
+             knobs: Knobs) -> Diagnostics:
+    """Counts of one step's coordinates: clipped (``|u| = c``), unclipped (``|u| < c``; in a clip-bounded
+    form every other coordinate) and floored (``scale h <= eps``, h the one the step divided by)."""
+    clipped = int(torch.count_nonzero(u.abs() == c))
+    unclipped = u.numel() - clipped if knobs.clip_bounded else int(torch.count_nonzero(u.abs() < c))
+    floored = int(torch.count_nonzero(torch.mul(h, scale) <= eps))
+    return Diagnostics(refreshed=refreshed, numel=u.numel(), clipped=clipped, unclipped=unclipped,
+                       floored=floored, direction=u)
+
+
+def _cached_denominator(memo: Denominator | None, h: Tensor, scale: float, eps: float,
+                        placement: str) -> Denominator:
+    """``memo`` if it was made for this very h (same tensor, unchanged since) and settings, else a new one."""
+    key = (scale, eps, placement)
+    if memo is not None and memo.h is h and memo.version == h._version and memo.key == key:
+        return memo
+    return Denominator(h, h._version, key, denominator(h, scale, eps, placement))

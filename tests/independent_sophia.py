@@ -221,3 +221,138 @@ class RejectsHyperparameters(IndependentSophia):
     def __init__(self, params, lr, betas=(0.96, 0.99), gamma=0.01, eps=1e-12, weight_decay=0.0,
                  hessian_interval=10):
         raise ValueError(f"gamma={gamma} is not supported by this implementation")
+
+
+# -- the knobs of issue 8, written from their statement (bias correction of h, estimate clamp, weight-decay
+# form, a refresh that never fires) and state precision: one departure each ------------------------------
+
+class KnobbedSophia(IndependentSophia):
+    """The paper's rule with the later departures as class-level flags, in the order of one step::
+
+        (coupled: g += wd theta) -> m update -> refresh? (clamp hhat, h = b2 h + (1 - b2) hhat, count it)
+        -> h / (1 - b2^n) (h bias correction) -> clamp(m / max(gamma h, eps), -1, 1) -> weight decay
+
+    With the defaults it is :class:`IndependentSophia`'s rule; m and h are kept in ``state_dtype``
+    (the step divides by the values as stored).
+    """
+
+    h_bias = "none"           # "steps": n = t; "refreshes": n = refreshes folded so far; "steps_b1": 1 - b1^t
+    clamp_estimate = "none"   # "zero": max(hhat, 0); "abs": |hhat|
+    never_refresh = False     # True: h never changes, estimates are ignored
+    decay = "before"          # "after": (theta - lr u)(1 - lr wd); "coupled": g += wd theta; "unscaled": theta -= wd theta
+    state_dtype = F64         # torch.float32: m and h kept in float32
+
+    @torch.no_grad()
+    def step(self, closure=None, hessian_estimate=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        index = -1
+        for group in self.param_groups:
+            lr, (b1, b2), gamma = group["lr"], group["betas"], group["gamma"]
+            wd, k, eps = group["weight_decay"], group["hessian_interval"], group["eps"]
+            for p in group["params"]:
+                index += 1
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros(p.shape, dtype=self.state_dtype, device=p.device)
+                    state["h"] = torch.zeros(p.shape, dtype=self.state_dtype, device=p.device)
+                state["step"] += 1
+                t = state["step"]
+                theta = p.detach().to(F64).clone()
+                grad = p.grad.detach().to(F64)
+                if self.decay == "coupled":
+                    grad = grad + wd * theta
+
+                m = state["m"].to(F64)
+                m = b1 * m + (1 - b1) * grad
+                state["m"] = m.to(self.state_dtype)
+                m = state["m"].to(F64)
+
+                h = state["h"].to(F64)
+                if not self.never_refresh and (t - 1) % k == 0:
+                    if hessian_estimate is None:
+                        raise ValueError(f"step {t} refreshes h but no hessian_estimate was given")
+                    hhat = hessian_estimate[index].detach().to(F64)
+                    if self.clamp_estimate == "zero":
+                        hhat = hhat.clamp(min=0.0)
+                    elif self.clamp_estimate == "abs":
+                        hhat = hhat.abs()
+                    h = b2 * h + (1 - b2) * hhat
+                    state["h"] = h.to(self.state_dtype)
+                    h = state["h"].to(F64)
+                    state["refreshes"] = state.get("refreshes", 0) + 1
+
+                h_used = h
+                if self.h_bias == "steps":
+                    h_used = h / (1 - b2 ** t)
+                elif self.h_bias == "refreshes" and state.get("refreshes", 0) > 0:
+                    h_used = h / (1 - b2 ** state["refreshes"])
+                elif self.h_bias == "steps_b1":
+                    h_used = h / (1 - b1 ** t)
+
+                u = torch.clamp(m / torch.clamp(gamma * h_used, min=eps), -1.0, 1.0)
+                if self.decay == "before":
+                    theta = theta - lr * wd * theta - lr * u
+                elif self.decay == "after":
+                    theta = (theta - lr * u) * (1 - lr * wd)
+                elif self.decay == "unscaled":
+                    theta = theta - wd * theta - lr * u
+                else:
+                    theta = theta - lr * u
+                p.copy_(theta)
+        return loss
+
+
+class HBiasBySteps(KnobbedSophia):
+    """The step divides by h / (1 - b2^t)."""
+    h_bias = "steps"
+
+
+class HBiasByRefreshes(KnobbedSophia):
+    """The step divides by h / (1 - b2^n), n the refreshes folded into h so far."""
+    h_bias = "refreshes"
+
+
+class EstimateClampedAtZero(KnobbedSophia):
+    """A refresh folds max(hhat, 0) into h."""
+    clamp_estimate = "zero"
+
+
+class EstimateAbs(KnobbedSophia):
+    """A refresh folds |hhat| into h."""
+    clamp_estimate = "abs"
+
+
+class RefreshNever(KnobbedSophia):
+    """The refresh never fires (fastxtend's ``step % k == k``): h stays 0 and every step is a sign step."""
+    never_refresh = True
+
+
+class Float32State(KnobbedSophia):
+    """m and h kept in float32 in a float64 run."""
+    state_dtype = torch.float32
+
+
+class DecayUnscaled(KnobbedSophia):
+    """theta -= wd theta, weight decay not scaled by lr (outside the knobs)."""
+    decay = "unscaled"
+
+
+class HBiasByB1(KnobbedSophia):
+    """h bias-corrected by steps, but with b1: h / (1 - b1^t) (outside the knobs)."""
+    h_bias = "steps_b1"
+
+
+KNOB_VARIANTS = (HBiasBySteps, HBiasByRefreshes, EstimateClampedAtZero, EstimateAbs, RefreshNever, Float32State,
+                 DecayUnscaled, HBiasByB1)
+
+
+class HBiasStepsDecayUnscaled(KnobbedSophia):
+    """h bias-corrected by steps, and weight decay not scaled by lr (outside the knobs)."""
+    h_bias = "steps"
+    decay = "unscaled"

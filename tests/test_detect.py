@@ -2,10 +2,14 @@
 
 - every preset, run as SophiaRef through the convention adapter, is detected as itself
   (``paper_v1`` and ``pytorch_optimizer`` have the same knobs: behaviour names both);
-- every combination of knob values (288 custom dialects) is detected exactly, up to the one
-  knob that does not change behaviour (clip_form where eps sits inside max), and the
+- every combination of the first seven knobs' values (288 custom dialects), each with one
+  setting of the later knobs (h bias correction, estimate clamp, weight-decay form, and
+  refresh "never") in rotation, is detected exactly, up to the knobs that do not change
+  behaviour given the others (clip_form where eps sits inside max; under refresh "never"
+  the estimate clamp, and h bias-corrected by refreshes, which never happen), and the
   detected knobs reproduce the implementation step for step;
-- eps that ignores the hyperparameter, and weight-decay forms the rule does not have;
+- eps that ignores the hyperparameter, and weight-decay forms outside the knobs (not consistent,
+  with a best fit);
 - the public packages, through their adapters (skipped when missing), as their SPEC
   section 5 rows.
 """
@@ -30,7 +34,21 @@ SAME_KNOBS = {"paper_v1": ("paper_v1", "pytorch_optimizer"), "pytorch_optimizer"
 
 
 def canonical(knobs: Knobs) -> Knobs:
-    return replace(knobs, clip_form="clip") if knobs.eps_placement == "max" else knobs
+    """The knobs as detection reports them: moot knobs at their preset spelling."""
+    if knobs.eps_placement == "max":
+        knobs = replace(knobs, clip_form="clip")
+    if knobs.refresh == "never":
+        knobs = replace(knobs, estimate_clamp="none",
+                        h_bias_correction="none" if knobs.h_bias_correction == "refreshes" else knobs.h_bias_correction)
+    return knobs
+
+
+def expected_moot(knobs: Knobs) -> tuple[str, ...]:
+    """The knobs detection reports as moot for SophiaRef at k = 3 (it accepts any estimate)."""
+    moot = ("clip_form",) if knobs.eps_placement == "max" else ()
+    if knobs.refresh == "never":
+        moot += (("h_bias_correction",) if knobs.h_bias_correction != "steps" else ()) + ("estimate_clamp",)
+    return moot
 
 
 def expected_matches(knobs: Knobs) -> tuple[str, ...]:
@@ -44,10 +62,12 @@ def reference(dialect) -> ConventionAdapter:
 
 def assert_detected(det: Detection, knobs: Knobs) -> None:
     assert det.knobs == canonical(knobs), det.describe()
-    assert det.moot == (("clip_form",) if knobs.eps_placement == "max" else ()), det.describe()
-    assert det.weight_decay == "decoupled", det.describe()
+    assert det.moot == expected_moot(knobs), det.describe()
+    assert det.weight_decay == {"before": "decoupled", "after": "decoupled_after",
+                                "coupled": "coupled"}[knobs.weight_decay_form], det.describe()
     assert det.consistent, det.describe()
     assert not det.internal_estimator
+    assert det.state_dtype == "float64" and det.best_fit is None, det.describe()
 
 
 @pytest.mark.parametrize("name", list(DIALECTS))
@@ -58,17 +78,25 @@ def test_every_preset_is_detected_as_itself(name):
     assert det.matches == SAME_KNOBS.get(name, (name,)), det.describe()
     assert det.preset == det.matches[0]
     assert set(det.evidence) >= {"form", "eps", "eps_placement", "clip_form", "bias_correction", "refresh",
-                                 "batch_factor", "momentum_updates", "weight_decay", "cross_check"}
+                                 "batch_factor", "momentum_updates", "h_bias_correction", "estimate_clamp",
+                                 "weight_decay", "weight_decay_form", "state_dtype", "constructor_defaults",
+                                 "cross_check"}
+    assert [d["knob"] for d in det.departures()] == [k for k, v in vars(DIALECTS[name].knobs).items()
+                                                     if v != getattr(Knobs(), k) and k not in det.moot]
 
 
-ALL_KNOBS = [Knobs(*values) for values in itertools.product(
-    ("gamma", "rho"), ("max", "add"), ("clip", "sign_min"), (False, True), ("immediate", "next_step", "caller"),
-    ("estimate", "step"), (1, 2, 3))]
+#: the later knobs' settings, one of them given to each combination of the first seven in turn
+LATER = [dict(h_bias_correction=hb, estimate_clamp=cl, weight_decay_form=wd)
+         for hb, cl, wd in itertools.product(("none", "steps", "refreshes"), ("none", "zero", "abs"),
+                                             ("before", "after", "coupled"))]
+ALL_KNOBS = [replace(Knobs(*values), **LATER[i % len(LATER)]) for i, values in enumerate(itertools.product(
+    ("gamma", "rho"), ("max", "add"), ("clip", "sign_min"), (False, True),
+    ("immediate", "next_step", "caller", "never"), ("estimate", "step"), (1, 2, 3)))]
 
 
 def test_every_knob_combination_is_detected():
-    """288 custom dialects (paper with bias correction, paper with eps added, ...): exact knobs, the right
-    preset or none."""
+    """384 custom dialects (paper with bias correction, paper with eps added, h bias-corrected by refreshes
+    with a refresh that never fires, ...): exact knobs, the right preset or none."""
     wrong = []
     for knobs in ALL_KNOBS:
         det = detect(reference(Dialect("custom", knobs, PAPER.defaults, "?", "custom")))
@@ -84,6 +112,10 @@ def test_every_knob_combination_is_detected():
     (replace(OFFICIAL.knobs, refresh="immediate", momentum_updates=2), "sophia_optimizer"),
     (replace(OPTAX.knobs, refresh="immediate"), None),
     (Knobs("rho", "add", "sign_min", True, "next_step", "step", 3), None),
+    (replace(PAPER.knobs, h_bias_correction="refreshes", refresh="next_step"), None),
+    (replace(OFFICIAL.knobs, h_bias_correction="steps", weight_decay_form="after"), None),
+    (replace(OPTAX.knobs, estimate_clamp="abs", weight_decay_form="coupled"), None),
+    (DIALECTS["fastxtend"].knobs, "fastxtend"),
 ])
 def test_custom_dialects(knobs, preset):
     det = detect(reference(Dialect("custom", knobs, PAPER.defaults, "?", "custom")))
@@ -150,11 +182,24 @@ class DecayVariant(ConventionAdapter):
                 p.mul_(1 - self.lr * self.wd)
 
 
-@pytest.mark.parametrize("mode", ["coupled", "decoupled_unscaled", "decoupled_after", "none"])
-def test_weight_decay_forms(mode):
+@pytest.mark.parametrize("mode, form", [("coupled", "coupled"), ("decoupled_after", "after")])
+def test_weight_decay_forms_the_knob_expresses(mode, form):
     det = detect(DecayVariant(mode))
     assert det.weight_decay == mode, det.evidence["weight_decay"]
-    assert det.knobs == PAPER.knobs and det.preset is None
+    assert det.knobs == replace(PAPER.knobs, weight_decay_form=form) and det.preset is None, det.describe()
+    assert det.consistent and det.best_fit is None, det.describe()
+    assert [(d["knob"], d["value"]) for d in det.departures()] == [("weight_decay_form", form)]
+
+
+@pytest.mark.parametrize("mode", ["decoupled_unscaled", "none"])
+def test_weight_decay_forms_outside_the_knobs(mode):
+    det = detect(DecayVariant(mode))
+    assert det.weight_decay == mode, det.evidence["weight_decay"]
+    assert det.weight_decay_form is None and det.knobs is None and det.preset is None, det.describe()
+    assert not det.consistent and det.best_fit is not None, det.describe()
+    assert det.best_fit.cross_check == min(det.best_fit.cross_check, det.cross_check)
+    assert ("weight_decay", mode) in [(d["knob"], d["value"]) for d in det.departures()]
+    assert "best fit" in det.describe()
 
 
 # -- the public packages, as their SPEC section 5 rows ------------------------------------------------------------
@@ -190,6 +235,7 @@ def test_public_package_is_its_spec_row(name):
     assert det.knobs == canonical(knobs), det.describe()
     assert det.eps == eps and det.eps_fixed is eps_fixed, det.describe()
     assert det.weight_decay == "decoupled", det.describe()
+    assert det.state_dtype == "float64", det.describe()
     assert det.internal_estimator is internal, det.describe()
     assert det.matches == matches and name in det.matches, det.describe()
     assert det.consistent, det.describe()

@@ -29,9 +29,9 @@ def run_pytest(tmp_path, *args):
 def test_a_conforming_implementation_passes_every_item(tmp_path):
     code, out = run_pytest(tmp_path, "--sophia-impl", "sophia_ref:SophiaRef", "--sophia-quick")
     assert code == 0, out
-    # 12 scenarios x 2 tiers, less the free-running tier of the loaded-state scenario (skipped, reason given),
-    # plus the project's own placeholder test
-    assert "24 passed, 1 skipped" in out and "a loaded state is a teacher-forced scenario" in out
+    # 12 scenarios x 2 tiers, less the free-running tier of the loaded-state scenario (a teacher-forced
+    # scenario: no item), plus the closing [certified] item and the project's own placeholder test
+    assert "25 passed" in out and "skipped" not in out
 
 
 def test_a_wrong_eps_fails_the_floor_scenario_with_a_plain_message(tmp_path):
@@ -41,13 +41,49 @@ def test_a_wrong_eps_fails_the_floor_scenario_with_a_plain_message(tmp_path):
     assert "wrong:WrongEps does not compute dialect 'paper' in scenario 'curvature near eps/gamma'" in out
 
 
-def test_expected_failures_and_missing_implementations_never_break_collection(tmp_path):
+def test_expected_failures_are_xfailed(tmp_path):
     (tmp_path / "xfail.txt").write_text("curvature near eps/gamma  # eps is 1e-8 by design\n")
-    code, out = run_pytest(tmp_path, "--sophia-impl", "wrong:WrongEps", "--sophia-impl", "nosuch:Missing",
-                           "--sophia-quick", "--sophia-xfail", str(tmp_path / "xfail.txt"))
+    code, out = run_pytest(tmp_path, "--sophia-impl", "wrong:WrongEps", "--sophia-quick",
+                           "--sophia-xfail", str(tmp_path / "xfail.txt"))
     assert code == 0, out
-    assert "2 xfailed" in out and "2 skipped" in out
-    assert "cannot certify nosuch:Missing: cannot import module 'nosuch'" in out
+    assert "2 xfailed" in out and "skipped" not in out
+
+
+def test_an_implementation_that_cannot_be_imported_is_a_failure_not_a_skip(tmp_path):
+    code, out = run_pytest(tmp_path, "--sophia-impl", "nosuchmodule:Foo", "--sophia-quick")
+    assert code == 1, out
+    assert "1 failed" in out and "skipped" not in out
+    assert "cannot certify nosuchmodule:Foo: cannot import module 'nosuchmodule'" in out
+
+
+def test_a_mistyped_dialect_is_a_failure_not_a_skip(tmp_path):
+    code, out = run_pytest(tmp_path, "--sophia-impl", "sophia_ref:SophiaRef", "--sophia-dialect", "papr")
+    assert code == 1, out
+    assert "unknown dialect 'papr'" in out and "skipped" not in out
+
+
+def test_an_xfail_entry_that_names_no_scenario_is_a_failure(tmp_path):
+    (tmp_path / "xfail.txt").write_text("curvature near eps\n")  # a typo of 'curvature near eps/gamma'
+    code, out = run_pytest(tmp_path, "--sophia-impl", "sophia_ref:SophiaRef", "--sophia-quick",
+                           "--sophia-xfail", str(tmp_path / "xfail.txt"))
+    assert code == 1, out
+    assert "'curvature near eps', which is not a scenario of the battery" in out
+
+
+def test_a_run_that_certifies_nothing_fails(tmp_path):
+    """Every scenario skipped (here: patched to declare itself inapplicable) leaves the [certified] item failing."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent("""
+        import verification.conformance as c
+        from verification.conformance.run import ScenarioResult
+
+        def skipped(adapter, dialect, scenario, tier, *args):
+            return ScenarioResult(scenario.name, tier, scenario.steps, skipped="cannot take it", skip_kind="declared")
+
+        c.run_scenario = skipped
+    """))
+    code, out = run_pytest(tmp_path, "--sophia-impl", "sophia_ref:SophiaRef", "--sophia-quick")
+    assert code == 1, out
+    assert "1 failed" in out and "nothing was certified: no scenario ran (declared: cannot take it)" in out
 
 
 def test_without_the_option_the_plugin_adds_nothing(tmp_path):

@@ -253,7 +253,8 @@ def test_missing_estimate_on_a_refresh_step_is_an_error():
     rule.update(state, theta, theta, hyper)  # t = 2 is not a refresh step: no estimate needed
 
 
-@given(st.lists(st.tuples(st.floats(1e-3, 1e3), st.floats(-100.0, 100.0), st.floats(-0.99, 0.99)),
+@given(st.lists(st.tuples(st.floats(1e-3, 1e3), st.floats(-100.0, 100.0),
+                          st.floats(-0.99, 0.99).filter(lambda v: v == 0.0 or abs(v) > 1e-290)),
                 min_size=1, max_size=6))
 def test_one_exact_newton_step_lands_on_a_separable_quadratics_minimizer(coords):
     """b1 = b2 = 0, the exact Hessian, eta = gamma = 1, |theta - c| < 1 (so nothing clips): one step of
@@ -261,6 +262,8 @@ def test_one_exact_newton_step_lands_on_a_separable_quadratics_minimizer(coords)
 
     Rounding: fl(theta - c), a times it, the quotient by a (each <= half an ulp of a
     value at most 2 max(|theta|, |c|)), and the final sum: within 4 ulps of max(|theta|, |c|).
+    Offsets whose gradient a (theta - c) would be subnormal are left out: there the
+    gradient itself has lost bits and no ulp bound holds.
     """
     from sophia_ref import SophiaRef, exact_diagonal
 

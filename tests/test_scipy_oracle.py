@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from verification.checks import minimizers as C
 from verification.oracles import minimizers as M
 from verification.oracles.zoo import DoubleWell, PaperToy, RotatedQuadratic, Rosenbrock, Saddle
 
-QUICK = M.checks(quick=True)
+QUICK = C.checks(quick=True)
 
 
 @pytest.mark.parametrize("name, thunk", QUICK, ids=[name for name, _ in QUICK])
@@ -43,8 +44,8 @@ def test_a_maximum_and_a_non_stationary_point_are_rejected():
 
 def test_stopping_short_of_the_minimizer_is_flagged():
     problem = RotatedQuadratic(100.0)
-    (ok,) = M.convex_check(problem)
-    (short,) = M.convex_check(problem, setting=M.Setting(0.779, 1.0, budget=100))
+    (ok,) = C.convex_check(problem)
+    (short,) = C.convex_check(problem, setting=M.Setting(0.779, 1.0, budget=100))
     assert ok.passed and ok.worst <= M.TOL_X
     assert not short.passed and short.worst > 1e3 * M.TOL_X
 
@@ -55,13 +56,13 @@ def test_a_run_off_the_diagonal_model_is_flagged():
     xstar = M.scipy_minimizer(problem).x
     plain = M.Setting(0.4, 1.0, budget=300)
     momentum = M.Setting(0.4, 1.0, beta1=0.5, budget=300)
-    assert M.rotated_model_check(problem, xstar, plain, []).passed
-    off = M.rotated_model_check(problem, xstar, momentum, [])
+    assert C.rotated_model_check(problem, xstar, plain, []).passed
+    off = C.rotated_model_check(problem, xstar, momentum, [])
     assert not off.passed and off.worst > 1e-3
 
 
 def test_the_ill_conditioned_rotated_quadratics_are_reported_as_findings():
-    (result,) = M.convex_check(RotatedQuadratic(1e8), quick=True)
+    (result,) = C.convex_check(RotatedQuadratic(1e8), quick=True)
     assert result.passed and result.check.endswith("follows the Jacobi (diagonal) model")
     finding = next(note for note in result.notes if note.startswith("FINDING"))
     assert "2.22e+08 steps" in finding
@@ -71,14 +72,14 @@ def test_nothing_escapes_from_exactly_on_the_stable_manifold():
     """From y = 0 exactly the gradient in y is 0, so m = 0 and Sophia never moves y: the escape check fails."""
     problem = Saddle()
     problem.start = [0.5, 0.0]
-    escape, newton = M.saddle_check(problem)
+    escape, newton = C.saddle_check(problem)
     assert not escape.passed and escape.worst == 0.0
     assert newton.passed
 
 
 def test_paper_problem_end_points():
     """Sophia never ends at the saddle; Newton does from the paper's start, but not from every start."""
-    results = M.paper_toy_check()
+    results = C.paper_toy_check()
     summary = results[-1]
     assert summary.passed
     ends = next(note for note in summary.notes if note.startswith("Newton's end points"))

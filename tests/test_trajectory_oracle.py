@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from sophia_ref import rule
+from verification.checks import trajectory as C
 from verification.oracles import trajectory as T
 from verification.oracles.zoo import Saddle, SeparableQuadratic
 
-QUICK = T.checks(quick=True)
+QUICK = C.checks(quick=True)
 
 
 @pytest.mark.parametrize("name, thunk", QUICK, ids=[name for name, _ in QUICK])
@@ -59,8 +60,8 @@ def test_an_ulp_per_step_grows_linearly_and_a_larger_drift_is_flagged(n_ulps, fl
     problem, start, hp = _sign_step_problem()
     exact = T.run_mpmath(problem, hp, start=start)
     assert all(all(c) for c in exact.clipped)  # the whole run is sign steps
-    clean = T.run_reference(problem, hp, start=start)
-    shifted = T.run_reference(problem, hp, start=start, update=_shifted(n_ulps))
+    clean = C.run_reference(problem, hp, start=start)
+    shifted = C.run_reference(problem, hp, start=start, update=_shifted(n_ulps))
     for t in range(1, T.STEPS + 1):  # the perturbation itself: exactly n ulps more per step
         assert max(abs(a - b) for a, b in zip(shifted.thetas[t], clean.thetas[t])) == n_ulps * t * 2.0 ** -52
     base = T.compare(problem, hp, clean, exact)
@@ -92,7 +93,7 @@ def _tiny_saddle():
 
 def test_the_correct_rule_passes_where_eps_matters():
     problem, hp = _tiny_saddle()
-    comparison = T.compare(problem, hp, T.run_reference(problem, hp, 40), T.run_mpmath(problem, hp, 40))
+    comparison = T.compare(problem, hp, C.run_reference(problem, hp, 40), T.run_mpmath(problem, hp, 40))
     assert not comparison.flips
     assert T.result(comparison).passed
 
@@ -111,7 +112,7 @@ def test_a_wrong_rule_is_flagged(how):
         hp = ref_hp = T.hyper_for(problem)
         kwargs["update"] = _no_clip
     exact = T.run_mpmath(problem, hp, 40)
-    comparison = T.compare(problem, hp, T.run_reference(problem, ref_hp, 40, **kwargs), exact)
+    comparison = T.compare(problem, hp, C.run_reference(problem, ref_hp, 40, **kwargs), exact)
     result = T.result(comparison)
     assert not result.passed
     assert any(not f.explained for f in comparison.flips)
@@ -127,7 +128,7 @@ def test_a_flip_at_the_boundary_is_reported_and_explained():
     problem.c = [2.0 ** -60, 0.0]
     hp = T.Hyper(0.5, 0.0, 0.0, 1.0)
     exact = T.run_mpmath(problem, hp, 20, start=[1.0, 0.5])
-    comparison = T.compare(problem, hp, T.run_reference(problem, hp, 20, start=[1.0, 0.5]), exact)
+    comparison = T.compare(problem, hp, C.run_reference(problem, hp, 20, start=[1.0, 0.5]), exact)
     assert [(f.step, f.coordinate, f.kind, f.reference, f.explained) for f in comparison.flips] == [
         (1, 0, "clip", True, True)]
     assert abs(comparison.flips[0].exact - (1 - 2.0 ** -60)) < 1e-30

@@ -1,6 +1,7 @@
 """``sophia-ref verify``: every oracle check, a table of results, and an exit status.
 
-Each oracle module offers ``checks(quick) -> [(name, thunk)]``; a thunk returns one
+Each module of :mod:`verification.checks` (the reference against one oracle) offers
+``checks(quick) -> [(name, thunk)]``; a thunk returns one
 :class:`~verification.report.CheckResult` or a list of them. A check that raises is a
 failed row (with the exception in its notes), never a crash of the whole run.
 """
@@ -21,13 +22,10 @@ Thunk = Callable[[], "CheckResult | list[CheckResult]"]
 
 def collect(quick: bool) -> list[tuple[str, Thunk]]:
     """Every named check, in the order the table shows them."""
-    from .oracles import estimators, minimizers, step, trajectory
+    from .checks import estimators, minimizers, step, trajectory
 
-    examples = 300 if quick else 5000
-    items: list[tuple[str, Thunk]] = [
-        (f"one step vs exact rationals ({examples} states)", lambda: step.check_step_oracle(examples=examples, seed=0)),
-    ]
-    for module in (estimators, trajectory, minimizers):
+    items: list[tuple[str, Thunk]] = []
+    for module in (step, estimators, trajectory, minimizers):
         items += module.checks(quick)
     return items
 

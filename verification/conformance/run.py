@@ -140,6 +140,15 @@ class ScenarioResult:
     h: Worst = field(default_factory=Worst)
     error: str | None = None
     skipped: str | None = None
+    #: why it was skipped: "declared" (the implementation's adapter says it cannot take the scenario),
+    #: "not applicable" (the scenario cannot run in this dtype or tier) or "not teacher-forceable"
+    #: (state the harness cannot write; the free-running tier still decides)
+    skip_kind: str | None = None
+    #: the error arose in the harness's own handling of the implementation (writing its state), not in its step
+    harness_error: bool = False
+    #: set by the judge: the largest error allowed per quantity, and whether every quantity is within it
+    bound: dict[str, float] | None = None
+    passed: bool | None = None
     #: low precision: the naive float32 evaluation's errors on the same inputs (None for float64)
     naive: dict[str, Worst] | None = None
     #: coordinates whose step was clipped on one side and not on the other, each with its explanation
@@ -148,6 +157,13 @@ class ScenarioResult:
     @property
     def worst_ulps(self) -> float:
         return _nanmax([self.params.ulps, self.m.ulps, self.h.ulps])
+
+
+def _not_teacher_forceable() -> type[BaseException] | tuple:
+    """The adapters' exception for state the harness cannot write (an empty tuple catches nothing)."""
+    from ..adapters import base
+
+    return getattr(base, "NotTeacherForceable", ())
 
 
 def _build(adapter: Adapter, init, hyper, dtype, device, groups=None):
@@ -229,23 +245,23 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
     """
     result = ScenarioResult(scenario.name, tier, scenario.steps)
     if scenario.signed_state and tier != "teacher-forced":
-        result.skipped = "a loaded state is a teacher-forced scenario"
+        result.skipped, result.skip_kind = "a loaded state is a teacher-forced scenario", "not applicable"
         return result
     if scenario.estimates != "gnb" and not adapter.accepts_any_estimate:
-        result.skipped = "takes only GNB-shaped estimates (squares of a gradient)"
+        result.skipped, result.skip_kind = "takes only GNB-shaped estimates (squares of a gradient)", "declared"
         return result
     if scenario.groups is not None and not adapter.supports_groups:
-        result.skipped = "its adapter builds a single parameter group"
+        result.skipped, result.skip_kind = "its adapter builds a single parameter group", "declared"
         return result
     hyper = hyperparameters(scenario, adapter)
     data = make_data(scenario, dialect, hyper)
     largest = max((float(x.abs().max()) for step in data.grads for x in step if x.numel()), default=1.0)
     info, name = torch.finfo(dtype), str(dtype).replace("torch.", "")
     if largest > info.max / 16:
-        result.skipped = f"its gradients (up to {largest:.3g}) overflow {name}"
+        result.skipped, result.skip_kind = f"its gradients (up to {largest:.3g}) overflow {name}", "not applicable"
         return result
     if largest < info.tiny * 1e3:
-        result.skipped = f"its gradients (at most {largest:.3g}) underflow {name}"
+        result.skipped, result.skip_kind = f"its gradients (at most {largest:.3g}) underflow {name}", "not applicable"
         return result
     reference = reference_adapter(dialect)
     _build(reference, data.init, hyper, F64, "cpu", scenario.groups)
@@ -278,6 +294,14 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
         try:
             if tier == "teacher-forced":
                 adapter.load(before, step_count if t > 1 else 0, m, h)
+        except _not_teacher_forceable() as why:  # state the harness cannot write: the free-running tier decides
+            result.skipped, result.skip_kind = str(why), "not teacher-forceable"
+            return result
+        except Exception as error:  # writing the state failed: the harness's side, said so
+            result.error = f"step {t}: loading the reference state into it failed: {type(error).__name__}: {error}"
+            result.harness_error = True
+            return result
+        try:
             internal = adapter.internal_estimate(grads, refresh)
             adapter.step(grads, refresh)
             got = adapter.parameters()
@@ -297,7 +321,7 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
             try:
                 adapter.round_trip()
             except NotImplementedError as why:
-                result.skipped = str(why)
+                result.skipped, result.skip_kind = str(why), "declared"
                 return result
             except Exception as error:  # saving or reloading failed: a finding
                 result.error = f"step {t}: state_dict round trip: {type(error).__name__}: {error}"

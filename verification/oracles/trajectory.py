@@ -1,6 +1,6 @@
 """Oracle: 200-step trajectories of the float64 reference against the paper's rule in mpmath at 50 digits.
 
-The oracle side is SPEC section 1, dialect ``paper``, written again here over mpmath numbers
+The oracle is SPEC section 1, dialect ``paper``, written again here over mpmath numbers
 (the zoo's :func:`~verification.oracles.zoo.mp_ops` context, 50 digits); it imports nothing of
 ``sophia_ref``. Per coordinate, with ``m_0 = h_0 = 0`` and ``t = 1, 2, ...``::
 
@@ -8,12 +8,11 @@ The oracle side is SPEC section 1, dialect ``paper``, written again here over mp
     h_t         = b2 h_{t-k} + (1 - b2) hhat_t      if (t - 1) mod k == 0, else h_{t-1}
     theta_{t+1} = theta_t - eta lam theta_t - eta clip(m_t / max(gamma h_t, eps), 1)
 
-with the exact Hessian diagonal as ``hhat``. The reference side (the thing checked) is
-``sophia_ref.rule.update`` with the paper's knobs, fed the zoo's float64 closed-form gradient and
-diagonal at its own float64 iterate; the mpmath run is fed the 50-digit gradient and diagonal at
-the 50-digit iterate. Both start from the same float64 point with the same float64
-hyperparameters (taken as exact numbers by mpmath), so every difference is the reference's
-rounding (of the rule and of the float64 closed forms) propagated through the dynamics.
+with the exact Hessian diagonal as ``hhat``, fed the 50-digit gradient and diagonal at the 50-digit
+iterate. :func:`compare` measures a float64 run of the same rule (a :class:`Run`), started from the
+same float64 point with the same float64 hyperparameters (taken as exact numbers by mpmath), so
+every difference is that run's rounding propagated through the dynamics;
+:mod:`verification.checks.trajectory` produces the reference's run and pairs the two.
 
 The measure, per step t (theta(t) is the iterate after t steps)::
 
@@ -36,12 +35,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
 from ..report import CheckResult
-from .zoo import (FLOAT, DoubleWell, LogisticRegression, Ops, PaperToy, Problem, RotatedQuadratic, Rosenbrock,
-                  Saddle, SeparableQuadratic, SoftmaxRegression, TanhNetwork, all_problems, mp_ops)
+from .zoo import (DoubleWell, LogisticRegression, Ops, PaperToy, Problem, RotatedQuadratic, Rosenbrock, Saddle,
+                  SeparableQuadratic, SoftmaxRegression, TanhNetwork, mp_ops)
 
 STEPS = 200
 DPS = 50
@@ -143,7 +142,7 @@ def hyper_for(problem: Problem) -> Hyper:
 class Run:
     """One trajectory: ``thetas[t]`` is the iterate after t steps (``thetas[0]`` the start);
     ``clipped[t-1][i]`` / ``floored[t-1][i]`` are step t's decisions for coordinate i; ``ratios`` the
-    ratio ``m / d`` (mpmath run) or the direction ``u`` (reference run); ``curvature`` ``gamma h`` and
+    ratio ``m / d`` (mpmath run) or the direction ``u`` (a float64 run); ``curvature`` ``gamma h`` and
     ``scale`` ``gamma max_i |hhat_i|`` of the last refresh (mpmath run only)."""
 
     thetas: list[list] = field(default_factory=list)
@@ -205,41 +204,6 @@ def run_mpmath(problem: Problem, hp: Hyper, steps: int = STEPS, start: Sequence[
         run.floored.append(floored)
         run.curvature.append([ops.num(hp.gamma) * v for v in h])
         run.scale.append(scale)
-    run.seconds = time.perf_counter() - began
-    return run
-
-
-# -- the reference side (the thing checked) ---------------------------------------------------------------------
-
-def run_reference(problem: Problem, hp: Hyper, steps: int = STEPS, start: Sequence[float] | None = None,
-                  update: Callable | None = None, knobs=None) -> Run:
-    """The float64 reference: ``sophia_ref.rule.update`` (or ``update``, a function of the same signature,
-    for tests that break the rule on purpose) with the paper's knobs, fed the zoo's float64 closed forms.
-    The iterate is advanced as ``theta + delta``, as :class:`sophia_ref.SophiaRef` does."""
-    import torch
-
-    from sophia_ref import rule  # the reference under test; the oracle above does not use it
-
-    update = rule.update if update is None else update
-    knobs = rule.Knobs() if knobs is None else knobs
-    hyper = rule.Hyper(lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, gamma=hp.gamma, eps=hp.eps,
-                       weight_decay=hp.weight_decay, hessian_interval=hp.k)
-    began = time.perf_counter()
-    theta = torch.tensor([float(v) for v in (problem.start if start is None else start)], dtype=torch.float64)
-    state = rule.init(theta)
-    run = Run(thetas=[theta.tolist()])
-    for t in range(1, steps + 1):
-        x = theta.tolist()
-        grad = torch.tensor(problem.grad(x, FLOAT), dtype=torch.float64)
-        hhat = (torch.tensor(problem.hessian_diagonal(x, FLOAT), dtype=torch.float64)
-                if (t - 1) % hp.k == 0 else None)
-        state, delta, diagnostics = update(state, theta, grad, hyper, knobs, hhat)
-        theta = theta + delta
-        u = diagnostics.direction
-        run.thetas.append(theta.tolist())
-        run.ratios.append(u.tolist())
-        run.clipped.append((u.abs() == 1.0).tolist())
-        run.floored.append((torch.mul(state.h, hp.gamma) <= hp.eps).tolist())
     run.seconds = time.perf_counter() - began
     return run
 
@@ -371,7 +335,7 @@ def result(comparison: Comparison, bound: float = C_BOUND, extra_notes: Sequence
     return CheckResult(comparison.problem, CHECK_NAME, c, bound, "t*2^-52", passed, tuple(notes))
 
 
-def _movement(problem: Problem, exact: Run) -> str:
+def movement(problem: Problem, exact: Run) -> str:
     """How far the exact run moved and what it did to the loss, and how often a clip or floor decision
     changed along it (each change is a chance for a flip)."""
     ops = mp_ops(DPS)
@@ -386,33 +350,3 @@ def _movement(problem: Problem, exact: Run) -> str:
             f"{float(max(abs(g) for g in problem.grad(last, ops))):.3g}; some coordinate clipped up to step "
             f"{last_clipped}, floored on {sum(1 for f in floored if f)} steps (at most {max(floored)} at once); "
             f"clip/floor decisions changed {changes} times along the run")
-
-
-def check_problem(problem: Problem, steps: int = STEPS, hp: Hyper | None = None,
-                  bound: float | None = None) -> CheckResult:
-    """Run both trajectories of ``problem`` and compare them."""
-    hp = hyper_for(problem) if hp is None else hp
-    bound = bound_for(problem) if bound is None else bound
-    exact = run_mpmath(problem, hp, steps)
-    reference = run_reference(problem, hp, steps)
-    comparison = compare(problem, hp, reference, exact)
-    check = result(comparison, bound, [_movement(problem, exact),
-                                       f"{steps} steps; mpmath run {exact.seconds:.2f} s, "
-                                       f"reference run {reference.seconds:.2f} s"])
-    if steps != STEPS:
-        check = replace(check, check=f"{steps}-step trajectory vs mpmath {DPS} digits")
-    return check
-
-
-QUICK_PROBLEMS = ("separable quadratic, kappa=1e+08", "rotated quadratic, kappa=1e+08", "logistic regression",
-                  "paper 2-D problem", "Rosenbrock", "quartic double well", "pure saddle")
-
-
-def checks(quick: bool) -> list[tuple[str, Callable[[], CheckResult]]]:
-    """One named thunk per problem, 200 steps each: quick, the cheap problems (the worst-conditioned
-    quadratics, logistic regression and the 2-D non-convex ones, about 4 s); full, every zoo problem
-    (about 10 s on one core)."""
-    problems = all_problems(quick=False)
-    if quick:
-        problems = [p for p in problems if p.name in QUICK_PROBLEMS]
-    return [(f"trajectory: {p.name}", (lambda p=p: check_problem(p))) for p in problems]
