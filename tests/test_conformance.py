@@ -31,7 +31,7 @@ from verification.conformance import (FLOAT64_GROWTH_ULPS_PER_STEP, FLOAT64_STEP
                                       make_data, reference_adapter, run_scenario, violations)
 
 PAPER = get_dialect("paper")
-QUICK = {s.name: s for s in battery(quick=True)}
+QUICK = {s.name: s for s in battery()}  # the full battery: every scenario name below is in it
 TIERS = ("teacher-forced", "free-running")
 # (scenario, tier) pairs that run for an implementation taking any estimate: a loaded state is teacher-forced only
 RUNS = {(s.name, tier) for s in QUICK.values() for tier in TIERS if not (s.signed_state and tier != "teacher-forced")}
@@ -45,7 +45,7 @@ OFF_BY = re.compile(r"off by (?P<ulps>\S+) ulps \(bound (?P<bound>[^;)\s]+)")
 
 @lru_cache(maxsize=None)
 def certificate(cls):
-    return certify(ConventionAdapter(cls, cls.__name__), dialect="paper", quick=True)
+    return certify(ConventionAdapter(cls, cls.__name__), dialect="paper")
 
 
 def caught_by(cert) -> dict[str, list[str]]:
@@ -88,8 +88,11 @@ def test_independent_implementation_is_well_within_the_bounds():
         assert r.m.ulps <= min(bound, 32.0), (r.scenario, r.tier, r.m.where)
         if r.scenario != SIGNED:
             assert r.h.ulps <= min(bound, 4.0), (r.scenario, r.tier, r.h.where)
-        if r.tier == "teacher-forced":  # measured: 1 ulp, 3 in a group with weight decay (lr wd theta rounds apart)
-            assert r.params.ulps <= (4.0 if r.scenario.startswith("two parameter groups") else 1.0), \
+        # measured: 1 ulp; 3 in a group with weight decay (lr wd theta rounds apart); 2 in the 25-step paper-defaults
+        # run (theta near 0.8 with lr 0.02: the final sum's rounding and the quotient's land on opposite sides)
+        if r.tier == "teacher-forced":
+            allowed = 4.0 if r.scenario.startswith("two parameter groups") else 2.0 if r.scenario.startswith("paper") else 1.0
+            assert r.params.ulps <= allowed, \
                 (r.scenario, r.params.where)
             assert r.m.ulps <= 1.0, (r.scenario, r.m.where)
     assert cert.metrics["teacher_forced_max_ulps"] <= 8.0

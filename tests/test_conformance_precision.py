@@ -42,11 +42,12 @@ def test_a_kernel_that_rounds_its_state_to_bfloat16_is_rejected(dtype):
     cert = certify(Bfloat16State(PAPER), quick=True, dtype=dtype)
     assert not cert.conforms
     assert any(f.startswith(("residual: m off", "residual: h off")) for f in cert.findings), cert.findings
-    assert all("naive float32 evaluation" in f for f in cert.findings if " off by " in f)  # both numbers printed
+    residuals = [f for f in cert.findings if f.startswith("residual:")]
+    assert residuals and all("naive float32 evaluation" in f for f in residuals)  # both numbers printed
 
 
 def test_float16_skips_what_it_cannot_represent():
-    cert = certify(ConventionAdapter(SophiaRef, "SophiaRef", dialect="paper"), quick=True, dtype=torch.float16)
+    cert = certify(ConventionAdapter(SophiaRef, "SophiaRef", dialect="paper"), dtype=torch.float16)
     skipped = {r.scenario: r.skipped for r in cert.results if r.skipped}
     assert "overflow float16" in skipped["huge gradients"] and "underflow float16" in skipped["curvature near eps/gamma"]
 

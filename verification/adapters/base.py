@@ -6,6 +6,20 @@ implementations consume (the estimate itself, and for GNB-style implementations 
 sampled-label gradient it is made of). An adapter turns these into calls of its
 implementation's own API, and reads back (and, for teacher forcing, writes) the
 parameters and the paper's state ``(t, m, h)`` as float64 tensors.
+
+Optional members, all compatible with adapters that define none of them:
+
+- ``load(params, step, m, h, *, refreshes=None)``: an adapter whose implementation keeps a
+  refresh counter may take the keyword ``refreshes``, the number of refresh steps among
+  ``1..step`` of the harness's schedule. The harness passes it only where the signature of
+  ``load`` has it (:func:`load_state`), so five-argument overrides keep working.
+- ``load`` may raise :class:`NotTeacherForceable` for state it cannot write (a counter or
+  buffer it cannot set consistently): the teacher-forced tier of that scenario is then
+  reported as skipped, and the free-running tier still decides.
+- :meth:`Adapter.constructor_defaults`: the defaults the implementation's constructor
+  declares, in the harness's names (None: unknown).
+- :meth:`Adapter.round_trip`, :meth:`Adapter.internal_estimate`, and the class attributes
+  ``accepts_any_estimate``, ``fixed``, ``supports_groups`` (documented on :class:`Adapter`).
 """
 
 from __future__ import annotations
@@ -47,9 +61,19 @@ class Hyperparameters:
     batch_size: float = 1.0
 
 
+class NotTeacherForceable(Exception):
+    """State an adapter cannot write consistently (raised by ``load``): the teacher-forced tier is reported as not
+    teacher-forceable and the free-running tier still decides. ``key`` names the state, ``why`` says why."""
+
+    def __init__(self, key: str, why: str):
+        super().__init__(f"not teacher-forceable: {key} ({why})")
+        self.key, self.why = key, why
+
+
 class Adapter(ABC):
     """One implementation under test. Subclasses set ``name``, ``version`` and ``dialect`` (the preset it
-    claims, or None when unknown) and implement the five methods below."""
+    claims, or None when unknown) and implement the five methods below; the rest is optional (see the
+    module docstring)."""
 
     name: str = "?"
     version: str = "?"
@@ -82,7 +106,10 @@ class Adapter(ABC):
 
     @abstractmethod
     def load(self, params: list[Tensor], step: int, m: list[Tensor], h: list[Tensor]) -> None:
-        """Overwrite parameters and state (teacher forcing): the next step continues from these values."""
+        """Overwrite parameters and state (teacher forcing): the next step continues from these values.
+
+        An override may add the keyword-only ``refreshes=None`` (refresh steps among ``1..step``; see
+        :func:`load_state`) and may raise :class:`NotTeacherForceable` for state it cannot write."""
 
     def round_trip(self) -> None:
         """Save the implementation's state as it saves it (``state_dict`` through ``torch.save``), then go on
@@ -95,6 +122,11 @@ class Adapter(ABC):
         None when it takes the harness's estimate."""
         return None
 
+    def constructor_defaults(self) -> dict | None:
+        """The defaults the implementation's constructor declares, in the harness's names (``lr``, ``beta1``,
+        ``beta2``, ``gamma``, ``eps``, ``weight_decay``, ``hessian_interval``, ``batch_size``); None when unknown."""
+        return None
+
     def _param_spec(self):
         """What a torch optimizer is built on: ``self.tensors``, or one group per tensor with the harness's
         overrides (:attr:`groups`)."""
@@ -104,6 +136,27 @@ class Adapter(ABC):
 
     def describe(self) -> str:
         return f"{self.name} {self.version}"
+
+
+def takes_refreshes(adapter: Adapter) -> bool:
+    """Whether ``adapter.load`` accepts the keyword ``refreshes`` (by name or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(adapter.load).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "refreshes" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+               or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def load_state(adapter: Adapter, params, step: int, m, h, refreshes: int | None = None) -> None:
+    """``adapter.load(params, step, m, h)``, with ``refreshes=`` (the number of refresh steps among ``1..step``)
+    where its ``load`` takes that keyword. May raise :class:`NotTeacherForceable`."""
+    if refreshes is not None and takes_refreshes(adapter):
+        adapter.load(params, step, m, h, refreshes=refreshes)
+    else:
+        adapter.load(params, step, m, h)
 
 
 def materialize(src: Tensor, dtype: torch.dtype, device) -> Tensor:
