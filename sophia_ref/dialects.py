@@ -193,7 +193,7 @@ COLUMNS = ("dialect", "update", "eps", "bias correction", "refresh", "batch fact
 
 _REFRESH = {"immediate": "(t-1) mod k = 0, used at once", "next_step": "(t-1) mod k = 0, used from t+1",
             "caller": "when the caller gives one, used at once", "never": "never (h stays 0)"}
-_CLAMP = {"none": "", "zero": "; folds max(ĥ, 0)", "abs": "; folds |ĥ|"}
+_CLAMP = {"none": "", "zero": "; folds max(estimate, 0)", "abs": "; folds |estimate|"}
 _H_BIAS = {"none": "", "steps": "h: 1 - β2^t", "refreshes": "h: 1 - β2^n (n refreshes)"}
 _DECAY = {"before": "on θ_t", "after": "on θ_t - ηu (after the step)", "coupled": "coupled: g + λθ"}
 

@@ -151,8 +151,9 @@ def test_constructor_defaults_are_reported():
     assert "no preset has these defaults" in det.evidence["constructor_defaults"]
     det = detect(WithDefaults(None))
     assert det.constructor_defaults is None and det.evidence["constructor_defaults"].startswith("not available")
-    det = detect(adapter(IndependentSophia))
-    assert det.constructor_defaults is None and "not available" in det.describe()
+    det = detect(adapter(IndependentSophia))  # discovery reads the defaults from the constructor's signature
+    assert det.constructor_defaults == dict(beta1=0.96, beta2=0.99, gamma=0.01, eps=1e-12, weight_decay=0.0,
+                                            hessian_interval=10), det.constructor_defaults
 
 
 def test_eps_that_ignores_the_hyperparameter_is_a_departure():

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import pytest
 import torch
 from hypothesis import given, strategies as st
 
 from sophia_ref import DIALECTS, SophiaRef, get_dialect, rule, v1_to_v4, v4_to_v1
-from sophia_ref.dialects import OFFICIAL, OPTAX, PAPER, PAPER_V1, PYTORCH_OPTIMIZER
+from sophia_ref import dialects
+from sophia_ref.dialects import FASTXTEND, LEVANTER, OFFICIAL, OPTAX, PAPER, PAPER_V1, PYTORCH_OPTIMIZER
 
 
 def test_every_required_preset_exists_and_documents_its_departures():
-    for name in ("paper", "paper_v1", "official", "optax", "pytorch_optimizer"):
+    for name in ("paper", "paper_v1", "official", "optax", "pytorch_optimizer", "levanter", "fastxtend"):
         d = get_dialect(name)
         assert d.name == name and d.__doc__.startswith(f"{name}: ")
         assert len(d.departures) >= (0 if name == "paper" else 1)
@@ -27,7 +29,12 @@ def test_presets_encode_the_spec_table():
     assert (OPTAX.knobs.bias_correction, OPTAX.knobs.refresh, OPTAX.defaults["eps"]) == (True, "next_step", 1e-8)
     assert (PYTORCH_OPTIMIZER.knobs.form, PYTORCH_OPTIMIZER.defaults["eps"]) == ("rho", 1e-12)
     assert DIALECTS["sophia_optimizer"].knobs.momentum_updates == 2
-    assert [d.name for d in DIALECTS.values() if not d.knobs.clip_bounded] == ["official", "sophia_optimizer"]
+    assert [d.name for d in DIALECTS.values() if not d.knobs.clip_bounded] == ["official", "sophia_optimizer",
+                                                                                "fastxtend"]
+    assert (LEVANTER.knobs.bias_correction, LEVANTER.knobs.h_bias_correction, LEVANTER.knobs.refresh,
+            LEVANTER.knobs.weight_decay_form, LEVANTER.defaults["eps"]) == (True, "none", "caller", "before", 1e-12)
+    assert (FASTXTEND.knobs.refresh, FASTXTEND.knobs.eps_placement, FASTXTEND.knobs.clip_form,
+            FASTXTEND.knobs.batch_factor, FASTXTEND.defaults["gamma"]) == ("never", "add", "sign_min", "step", 0.4)
 
 
 def test_unknown_dialect_names_the_accepted_ones():
@@ -111,6 +118,60 @@ def test_v1_and_v4_steps_agree_to_an_ulp_at_operand_scale(rho, lam):
         worst = max(worst, float(ulps.max()))
         theta = new_v4
     assert worst <= 2.0
+
+
+@pytest.mark.parametrize("rho", [0.5, 2.0 ** -4])
+@pytest.mark.parametrize("h", [0.0, -1.0, 1e-9])
+def test_v1_and_v4_agree_where_eps_binds(rho, h):
+    """h at or below eps (0, negative, tiny): v1 divides by eps, v4 by rho eps, and the two are one step
+    only if v1_to_v4 scales eps by rho. |m| / eps <= 0.21 rho < rho keeps the clip from hiding eps."""
+    eps = 1e-3
+    hyper_v1, hyper_v4 = _forms(0.3, rho, eps, 0.0)
+    grads = [torch.tensor([1e-4, -1e-4, 5e-5], dtype=torch.float64) * (rho * (1 + 0.1 * t)) for t in range(12)]
+    runs = []
+    for dialect, hyper in ((PAPER_V1, hyper_v1), (PAPER, hyper_v4)):
+        theta, state, path = torch.zeros(3, dtype=torch.float64), rule.init(torch.zeros(3)), []
+        for g in grads:
+            state, delta, diag = rule.update(state, theta, g, hyper, dialect.knobs,
+                                             torch.full((3,), h, dtype=torch.float64))
+            assert diag.floored == 3 and diag.clipped == 0  # eps binds everywhere, the clip nowhere
+            theta = theta + delta
+            path.append(theta)
+        runs.append(torch.stack(path))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_table_is_markdown_and_terminal_table_is_aligned_plain_text():
+    """table(): one Markdown row per preset. terminal_table(): no pipes (but |m|), backticks or escapes;
+    every line's cells begin at the columns the dashed rule marks, two spaces after the previous one."""
+    markdown, plain = dialects.table(), dialects.terminal_table()
+    rows = markdown.splitlines()
+    assert len(rows) == 2 + len(DIALECTS) and rows[1] == "|" + "---|" * len(dialects.COLUMNS)
+    assert all(r.startswith("| ") and r.endswith(" |") for r in rows[:1] + rows[2:])
+    assert "`sign(m)·min(\\|m\\|/(γBh + ε), 1)`" in markdown and "never (h stays 0)" in markdown
+    assert "|" not in plain.replace("|m|", "") and "`" not in plain and "\\" not in plain
+    lines = ["".join(ch for ch in line if not unicodedata.combining(ch)) for line in plain.splitlines()]
+    starts = [i for i, ch in enumerate(lines[1]) if ch == "-" and (i == 0 or lines[1][i - 1] == " ")]
+    cells = lambda line: [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    assert cells(lines[0]) == list(dialects.COLUMNS)
+    for line in lines[2:]:
+        assert all(line[s0 - 2:s0] == "  " for s0 in starts[1:] if len(line) > s0)
+    assert [cells(line)[0] for line in lines[2:] if cells(line)[0]] == list(DIALECTS)
+    assert cells(lines[2])[1] == "clip(m/max(γh, ε), 1)"
+
+
+def test_tables_show_the_newer_knobs_where_they_are_not_the_papers():
+    from dataclasses import replace
+
+    preset = dialects._preset("custom", replace(PAPER.knobs, h_bias_correction="refreshes", estimate_clamp="abs",
+                                                weight_decay_form="after", bias_correction=True),
+                              PAPER.defaults, "exact diagonal", "a test preset")
+    for text in (dialects.table([preset]).replace("\\|", "|"), dialects.terminal_table([preset], width=200)):
+        assert "clip(m̂/max(γĥ, ε), 1)" in text
+        assert "m: 1 - β1^t; h: 1 - β2^n (n refreshes)" in text
+        assert "folds |estimate|" in text and "on θ_t - ηu (after the step)" in text
+    plain_paper = dialects.terminal_table([PAPER], width=200)
+    assert "ĥ" not in plain_paper and "after the step" not in plain_paper and "folds" not in plain_paper
 
 
 def test_sophiaref_takes_rho_in_the_rho_form_only():

@@ -224,6 +224,105 @@ def test_caller_driven_refresh_follows_the_estimates_given():
     assert refreshed == [False, False, True, False, False, True, False]
 
 
+@pytest.mark.parametrize("dialect", ["official", "levanter"])
+def test_caller_driven_dialects_call_the_estimator_on_the_official_recipes_schedule(dialect):
+    """Without an explicit estimate, hessian_estimator runs on t > 1 with (t - 1) mod k == 0 (the recipe's
+    update_hessian() after steps k, 2k, ...), per group's k; an explicit estimate still refreshes its step."""
+    a = torch.zeros(2, dtype=F64, requires_grad=True)
+    b = torch.zeros(3, dtype=F64, requires_grad=True)
+    calls = []
+
+    def estimator():
+        calls.append(opt._step + 1)
+        return [torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)]
+
+    opt = SophiaRef([{"params": [a]}, {"params": [b], "hessian_interval": 4}], lr=0.1, hessian_interval=3,
+                    dialect=dialect, hessian_estimator=estimator)
+    refreshes = {"a": [], "b": []}
+    for t in range(1, 14):
+        a.grad, b.grad = torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)
+        before = {name: opt.state[p]["refreshes"] if p in opt.state else 0 for name, p in (("a", a), ("b", b))}
+        opt.step(hessian_estimate=[torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)] if t == 2 else None)
+        for name, p in (("a", a), ("b", b)):
+            if opt.state[p]["refreshes"] > before[name]:
+                refreshes[name].append(t)
+    assert calls == [4, 5, 7, 9, 10, 13]
+    assert refreshes == {"a": [2, 4, 7, 10, 13], "b": [2, 5, 9, 13]}
+
+
+def _old_checkpoint(state_dict: dict) -> dict:
+    """A state dict as saved before the refresh count and the newer knobs existed."""
+    old = copy.deepcopy(state_dict)
+    for state in old["state"].values():
+        state.pop("refreshes")
+    for key in ("h_bias_correction", "estimate_clamp", "weight_decay_form"):
+        old["sophia_ref"]["knobs"].pop(key)
+    return old
+
+
+@pytest.mark.parametrize("dialect, expected", [("paper", 3), ("optax", 3), ("official", 2), ("fastxtend", 0)])
+def test_refresh_counts_are_checkpointed_and_implied_for_old_checkpoints(dialect, expected):
+    """Each parameter's refresh count round-trips through state_dict; a checkpoint without it gets the count
+    its schedule implies (ceil(step / k); the optimizer's refresh steps for a caller-driven refresh; 0 for
+    never), and both resume to the same run."""
+    def fresh():
+        params, loss = problem()
+        return params, loss, SophiaRef(params, lr=0.02, dialect=dialect, hessian_interval=3)
+
+    def run(opt, params, loss, steps, first):
+        for t in range(first, first + steps):
+            opt.zero_grad()
+            loss().backward()
+            opt.step(hessian_estimate=[p.grad.detach() ** 2 for p in params] if t in (3, 5) or
+                     dialect != "official" else None)
+
+    params, loss, opt = fresh()
+    run(opt, params, loss, 7, 1)
+    saved = opt.state_dict()
+    assert [s["refreshes"] for s in saved["state"].values()] == [expected, expected]
+    resumed = []
+    for state_dict in (saved, _old_checkpoint(saved)):
+        new_params, new_loss, new_opt = fresh()
+        with torch.no_grad():
+            for p, q in zip(new_params, params):
+                p.copy_(q)
+        new_opt.load_state_dict(copy.deepcopy(state_dict))
+        assert [new_opt.state[p]["refreshes"] for p in new_params] == [expected, expected]
+        run(new_opt, new_params, new_loss, 4, 8)
+        resumed.append(snapshot(new_opt, new_params))
+    assert_same(resumed[0], resumed[1])
+
+
+def test_resume_with_bias_corrected_h_per_refresh_is_bit_exact():
+    """h_bias_correction="refreshes" reads the count: a run split by a checkpoint equals the unsplit run."""
+    from dataclasses import replace
+
+    from sophia_ref.dialects import _preset
+
+    dialect = _preset("paper_hbc", replace(PAPER.knobs, h_bias_correction="refreshes"), PAPER.defaults,
+                      PAPER.estimator, PAPER.summary)
+
+    def fresh():
+        params, loss = problem()
+        return params, loss, SophiaRef(params, lr=0.02, dialect=dialect, hessian_interval=3)
+
+    params, loss, opt = fresh()
+    train(opt, params, loss, 9, torch.Generator().manual_seed(3))
+    whole = snapshot(opt, params)
+    params, loss, opt = fresh()
+    gen = torch.Generator().manual_seed(3)
+    train(opt, params, loss, 4, gen)
+    saved = copy.deepcopy(opt.state_dict())
+    values = [p.detach().clone() for p in params]
+    params, loss, opt = fresh()
+    with torch.no_grad():
+        for p, value in zip(params, values):
+            p.copy_(value)
+    opt.load_state_dict(saved)
+    train(opt, params, loss, 5, gen)
+    assert_same(snapshot(opt, params), whole)
+
+
 # -- bad input ------------------------------------------------------------------------------------------------
 
 BAD_HYPERPARAMETERS = [

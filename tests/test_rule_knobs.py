@@ -144,3 +144,19 @@ def test_delta_dtype_is_the_promotion_of_theta_and_the_direction(lam, form, thet
     _, delta, diag = rule.update(state, theta, g, hyper, rule.Knobs(weight_decay_form=form), hhat)
     assert diag.direction.dtype == state_dtype
     assert delta.dtype == torch.promote_types(theta_dtype, state_dtype)
+
+
+# -- the denominator cache -------------------------------------------------------------------------------------
+
+def test_the_denominator_cache_is_reused_only_for_the_same_unchanged_h():
+    """Between refreshes the next step reuses d; an in-place change of h, or other settings, recompute it."""
+    hyper = rule.Hyper(lr=0.1, beta1=0.0, beta2=0.0, gamma=1.0, eps=1e-12, hessian_interval=3)
+    theta, g = T(0.0, 0.0), T(0.5, -0.25)
+    state, _, _ = rule.update(rule.init(theta), theta, g, hyper, PAPER.knobs, T(2.0, 4.0))
+    again, _, _ = rule.update(state, theta, g, hyper, PAPER.knobs)
+    assert again.denominator is state.denominator
+    changed = rule.update(state, theta, g, rule.Hyper(**{**hyper.__dict__, "gamma": 2.0}), PAPER.knobs)[0]
+    assert changed.denominator is not state.denominator and changed.denominator.d.tolist() == [4.0, 8.0]
+    state.h.mul_(2.0)  # h changed in place: the cached d is stale
+    _, delta, _ = rule.update(state, theta, g, hyper, PAPER.knobs)
+    assert delta.tolist() == [-0.1 * 0.5 / 4.0, 0.1 * 0.25 / 8.0]

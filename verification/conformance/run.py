@@ -34,7 +34,7 @@ from torch import Tensor
 from sophia_ref import SophiaRef
 from sophia_ref.dialects import Dialect
 
-from ..adapters.base import Adapter, Hyperparameters, Refresh, as_float64
+from ..adapters.base import Adapter, Hyperparameters, Refresh, as_float64, load_state
 from ..adapters.convention import ConventionAdapter
 from .scenarios import Scenario, _zoo_inputs, hyperparameters, make_data
 
@@ -293,7 +293,8 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
             reference.load(before, step_count if t > 1 else 0, m, h)
         try:
             if tier == "teacher-forced":
-                adapter.load(before, step_count if t > 1 else 0, m, h)
+                n = step_count if t > 1 else 0
+                load_state(adapter, before, n, m, h, refreshes=sum(1 for s in data.refreshes if s <= n))
         except _not_teacher_forceable() as why:  # state the harness cannot write: the free-running tier decides
             result.skipped, result.skip_kind = str(why), "not teacher-forceable"
             return result
@@ -307,7 +308,9 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
             got = adapter.parameters()
             _, m_got, h_got = adapter.state()
         except Exception as error:  # the implementation raised: a finding, not a crash
-            result.error = f"step {t}: {type(error).__name__}: {error}"
+            after = (f" (after its state_dict round trip at step {scenario.checkpoint_at}: state it keeps outside "
+                     "state_dict() may be lost)") if tier == "free-running" and scenario.checkpoint_at and t > scenario.checkpoint_at else ""
+            result.error = f"step {t}: {type(error).__name__}: {error}{after}"
             return result
         for i, g_i in enumerate(got):
             if not bool(torch.isfinite(g_i).all()):
