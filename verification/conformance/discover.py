@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..adapters.base import Adapter, Hyperparameters, Refresh
-from ..adapters.convention import CONVENTION, H_KEYS, M_KEYS, ConventionAdapter
+from ..adapters.convention import CONVENTION, H_KEYS, M_KEYS, ConventionAdapter, _number
 
 F64 = torch.float64
 
@@ -532,13 +532,8 @@ def _classify_counter(key: str, where: str, seq: list, before) -> Slot:
 
 
 def _from_scalar(value) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, Tensor) and value.dim() == 0:
-        return float(value)
-    return None
+    """A counter's value as a float (an int, a float or a 0-d tensor), else None."""
+    return _number(value)
 
 
 def _fmt(values) -> str:

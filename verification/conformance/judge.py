@@ -64,20 +64,6 @@ FLOAT64_GROWTH_ULPS_PER_STEP = 2.0
 LOW_PRECISION_FACTOR = 2.0
 LOW_PRECISION_FLOOR_ULPS = 2.0
 
-def bounds(result: ScenarioResult) -> dict[str, float]:
-    """The largest error allowed for parameters, m and h in one scenario and tier (the module docstring)."""
-    if result.naive is None:
-        per_step = FLOAT64_STEP_ULPS * (1 if result.tier == "teacher-forced" else FLOAT64_GROWTH_ULPS_PER_STEP * result.steps)
-        return {"parameters": per_step, "m": per_step, "h": per_step}
-    return {k: LOW_PRECISION_FACTOR * w.ulps + LOW_PRECISION_FLOOR_ULPS for k, w in result.naive.items()}
-
-
-def violations(result: ScenarioResult):
-    """``[(quantity, worst, bound)]`` for each quantity over its bound."""
-    limit = bounds(result)
-    got = {"parameters": result.params, "m": result.m, "h": result.h}
-    return [(k, got[k], limit[k]) for k in got if not got[k].ulps <= limit[k]]
-
 
 VERDICTS = ("conforms", "departs", "outside the knobs", "fails", "error")
 SEVERITIES = ("semantic", "precision", "rounding")

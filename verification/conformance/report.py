@@ -69,10 +69,7 @@ def rows(certificates: list[Certificate]) -> list[tuple[str, ...]]:
     out = []
     for c in certificates:
         p = _properties(c)
-        claim = c.matches_claim if c.claimed_dialect is None or c.matches_claim.startswith(("yes", "no", "not")) \
-            else c.matches_claim
-        if c.claimed_dialect is None:
-            claim = "-"
+        claim = "-" if c.claimed_dialect is None else c.matches_claim
         out.append((c.implementation, c.version, c.dialect, claim, p["clip"], p["negh"], p["eps"], p["bias"],
                     p["refresh"], p["batch"], _error_cell(c), c.verdict))
     return out
