@@ -72,7 +72,157 @@ class StepDiagnostics:
     skipped_steps: int
 
 
-class SophiaRef(Optimizer):
+class _SophiaBase(Optimizer):
+    """What SophiaRef and the fast optimizers share: the constructor, its validation, the dialect's
+    defaults, the refresh schedule and the checks of a Hessian estimate."""
+
+    nan_policies = NAN_POLICIES
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] | None = None, gamma: float | None = None,
+                 eps: float | None = None, weight_decay: float | None = None, hessian_interval: int | None = None,
+                 *, dialect: str | Dialect = "paper", rho: float | None = None, batch_size: float | None = None,
+                 nan_policy: str = "raise", hessian_estimator: Callable[[], Estimate] | None = None):
+        self.dialect = get_dialect(dialect)
+        if rho is not None:
+            if self.dialect.knobs.form != "rho":
+                raise ValueError(f"rho={rho!r} is the clip threshold of the rho form, but dialect "
+                                 f"{self.dialect.name!r} uses the gamma form: pass gamma instead")
+            if gamma is not None:
+                raise ValueError(f"gamma={gamma!r} and rho={rho!r} were both given; in the rho form they are one "
+                                 "hyperparameter: pass one of them")
+            gamma = rho
+        if nan_policy not in self.nan_policies:
+            raise ValueError(f"nan_policy={nan_policy!r} is not valid; accepted values: "
+                             f"{', '.join(map(repr, self.nan_policies))}")
+        if hessian_estimator is not None and not callable(hessian_estimator):
+            raise ValueError(f"hessian_estimator={hessian_estimator!r} is not valid: expected a callable of no "
+                             "argument returning one tensor per parameter")
+        given = dict(betas=betas, gamma=gamma, eps=eps, weight_decay=weight_decay,
+                     hessian_interval=hessian_interval, batch_size=batch_size)
+        defaults = {key: self.dialect.defaults[key] if value is None else value for key, value in given.items()}
+        defaults["lr"] = lr
+        self._hyper(defaults)  # validate before torch builds the groups
+        self.nan_policy = nan_policy
+        self.hessian_estimator = hessian_estimator
+        self._step = 0
+        self._refreshes = 0
+        self._skipped = 0
+        self.diagnostics: StepDiagnostics | None = None
+        self._denominators: dict = {}  # per parameter, max(gamma h, eps) for its current h: a cache, never saved
+        super().__init__(params, defaults)
+
+    # -- hyperparameters ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _hyper(group: dict) -> rule.Hyper:
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas={betas!r} is not valid; accepted: a pair (beta1, beta2), each in [0, 1)")
+        return rule.Hyper(lr=group["lr"], beta1=betas[0], beta2=betas[1], gamma=group["gamma"], eps=group["eps"],
+                          weight_decay=group["weight_decay"], hessian_interval=group["hessian_interval"],
+                          batch_size=group["batch_size"])
+
+    def add_param_group(self, param_group: dict) -> None:
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        self._hyper(param_group)
+        params = param_group["params"]
+        for p in [params] if isinstance(params, Tensor) else params:
+            p = p[1] if isinstance(p, tuple) else p
+            if isinstance(p, Tensor) and (p.is_complex() or not p.is_floating_point()):
+                raise ValueError(f"{type(self).__name__} needs real floating-point parameters; got one of dtype {p.dtype}")
+        super().add_param_group(param_group)
+
+    # -- the step ----------------------------------------------------------------------------------------------
+
+    def _name(self, group_index: int, index: int, p: Tensor) -> str:
+        names = self.param_groups[group_index].get("param_names")
+        if names:
+            return f"parameter {names[index]!r}"
+        return f"parameter {index} of group {group_index} (shape {tuple(p.shape)})"
+
+    def _estimate(self, source: EstimateSource | None, t: int, count: int) -> list[Tensor | None]:
+        source = self.hessian_estimator if source is None else source
+        if source is None:
+            raise ValueError(f"step {t} refreshes the Hessian estimate, but none was given: pass "
+                             f"step(hessian_estimate=...) or build {type(self).__name__} with hessian_estimator=...")
+        if callable(source):
+            with torch.enable_grad():
+                source = source()
+        if isinstance(source, Tensor) or not isinstance(source, (list, tuple)):
+            raise ValueError(f"hessian_estimate must be a list with one tensor per parameter, got "
+                             f"{type(source).__name__}")
+        if len(source) != count:
+            raise ValueError(f"hessian_estimate has {len(source)} entries, but the optimizer has {count} parameters "
+                             "(all groups, in order)")
+        return list(source)
+
+    def _check_estimate_entry(self, hhat, p: Tensor, name: str) -> None:
+        if not isinstance(hhat, Tensor):
+            raise ValueError(f"hessian_estimate for {name} is {type(hhat).__name__}, expected a tensor")
+        if hhat.is_complex() or not hhat.is_floating_point():
+            raise ValueError(f"hessian_estimate for {name} has dtype {hhat.dtype}; expected a real floating dtype")
+        if hhat.shape != p.shape:
+            raise ValueError(f"hessian_estimate for {name} has shape {tuple(hhat.shape)}, expected {tuple(p.shape)}")
+        if hhat.device != p.device:
+            raise ValueError(f"hessian_estimate for {name} is on {hhat.device}, but the parameter is on {p.device}")
+
+    def _is_refresh_step(self, t: int, k: int, explicit: bool) -> bool:
+        """Whether a parameter at its step t refreshes: the rule's schedule, except that a caller-driven
+        refresh given no explicit estimate calls ``hessian_estimator`` on the official recipe's steps."""
+        knobs = self.dialect.knobs
+        if knobs.refresh == "caller" and not explicit and self.hessian_estimator is not None:
+            return recipe_refresh_step(t, k)
+        return rule.is_refresh_step(t, k, knobs, explicit)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+
+    #: the per-parameter state entries this optimizer keeps from a checkpoint
+    _kept_state = ("step", "m", "h", "refreshes", "master")
+
+    @staticmethod
+    def _state_dtype(p: Tensor) -> torch.dtype:
+        """The dtype of p's floating state (and master copy): float64 in the reference."""
+        return torch.float64
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict[_STATE_DICT_KEY] = dict(step=self._step, refreshes=self._refreshes, skipped=self._skipped,
+                                           dialect=self.dialect.name, knobs=asdict(self.dialect.knobs),
+                                           optimizer=type(self).__name__)
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        counters = state_dict.pop(_STATE_DICT_KEY, None)
+        if counters is not None and _saved_knobs(counters["knobs"]) != asdict(self.dialect.knobs):
+            raise ValueError(f"this state dict was saved by a {counters.get('optimizer', 'SophiaRef')} with dialect "
+                             f"{counters['dialect']!r}, "
+                             f"which differs from this optimizer's {self.dialect.name!r}")
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        self._denominators.clear()
+        # torch casts floating state to each parameter's dtype; each optimizer keeps its own state dtype
+        # (the reference float64, bit for bit), and drops what it does not keep (the reference's master copies)
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for pid, p in zip(ids, params):
+            for key, value in saved_state.get(pid, {}).items():
+                if key not in self._kept_state:
+                    self.state[p].pop(key, None)
+                elif isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=self._state_dtype(p), copy=True)
+        if counters is not None:
+            self._step, self._refreshes, self._skipped = counters["step"], counters["refreshes"], counters["skipped"]
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "refreshes" not in state:
+                    state["refreshes"] = _implied_refreshes(state["step"], group["hessian_interval"],
+                                                            self.dialect.knobs, self._refreshes)
+
+
+class SophiaRef(_SophiaBase):
     r"""Sophia (Liu et al., arXiv 2305.14342, Algorithm 3), computed in float64.
 
     .. code-block:: text
@@ -122,95 +272,6 @@ class SophiaRef(Optimizer):
     (``"skip"``); either way nothing changes. :attr:`diagnostics` describes the
     last step.
     """
-
-    def __init__(self, params, lr: float, betas: tuple[float, float] | None = None, gamma: float | None = None,
-                 eps: float | None = None, weight_decay: float | None = None, hessian_interval: int | None = None,
-                 *, dialect: str | Dialect = "paper", rho: float | None = None, batch_size: float | None = None,
-                 nan_policy: str = "raise", hessian_estimator: Callable[[], Estimate] | None = None):
-        self.dialect = get_dialect(dialect)
-        if rho is not None:
-            if self.dialect.knobs.form != "rho":
-                raise ValueError(f"rho={rho!r} is the clip threshold of the rho form, but dialect "
-                                 f"{self.dialect.name!r} uses the gamma form: pass gamma instead")
-            if gamma is not None:
-                raise ValueError(f"gamma={gamma!r} and rho={rho!r} were both given; in the rho form they are one "
-                                 "hyperparameter: pass one of them")
-            gamma = rho
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy={nan_policy!r} is not valid; accepted values: "
-                             f"{', '.join(map(repr, NAN_POLICIES))}")
-        if hessian_estimator is not None and not callable(hessian_estimator):
-            raise ValueError(f"hessian_estimator={hessian_estimator!r} is not valid: expected a callable of no "
-                             "argument returning one tensor per parameter")
-        given = dict(betas=betas, gamma=gamma, eps=eps, weight_decay=weight_decay,
-                     hessian_interval=hessian_interval, batch_size=batch_size)
-        defaults = {key: self.dialect.defaults[key] if value is None else value for key, value in given.items()}
-        defaults["lr"] = lr
-        self._hyper(defaults)  # validate before torch builds the groups
-        self.nan_policy = nan_policy
-        self.hessian_estimator = hessian_estimator
-        self._step = 0
-        self._refreshes = 0
-        self._skipped = 0
-        self.diagnostics: StepDiagnostics | None = None
-        self._denominators: dict = {}  # per parameter, max(gamma h, eps) for its current h: a cache, never saved
-        super().__init__(params, defaults)
-
-    # -- hyperparameters ---------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _hyper(group: dict) -> rule.Hyper:
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas={betas!r} is not valid; accepted: a pair (beta1, beta2), each in [0, 1)")
-        return rule.Hyper(lr=group["lr"], beta1=betas[0], beta2=betas[1], gamma=group["gamma"], eps=group["eps"],
-                          weight_decay=group["weight_decay"], hessian_interval=group["hessian_interval"],
-                          batch_size=group["batch_size"])
-
-    def add_param_group(self, param_group: dict) -> None:
-        for key, value in self.defaults.items():
-            param_group.setdefault(key, value)
-        self._hyper(param_group)
-        params = param_group["params"]
-        for p in [params] if isinstance(params, Tensor) else params:
-            p = p[1] if isinstance(p, tuple) else p
-            if isinstance(p, Tensor) and (p.is_complex() or not p.is_floating_point()):
-                raise ValueError(f"SophiaRef needs real floating-point parameters; got one of dtype {p.dtype}")
-        super().add_param_group(param_group)
-
-    # -- the step ----------------------------------------------------------------------------------------------
-
-    def _name(self, group_index: int, index: int, p: Tensor) -> str:
-        names = self.param_groups[group_index].get("param_names")
-        if names:
-            return f"parameter {names[index]!r}"
-        return f"parameter {index} of group {group_index} (shape {tuple(p.shape)})"
-
-    def _estimate(self, source: EstimateSource | None, t: int, count: int) -> list[Tensor | None]:
-        source = self.hessian_estimator if source is None else source
-        if source is None:
-            raise ValueError(f"step {t} refreshes the Hessian estimate, but none was given: pass "
-                             "step(hessian_estimate=...) or build SophiaRef with hessian_estimator=...")
-        if callable(source):
-            with torch.enable_grad():
-                source = source()
-        if isinstance(source, Tensor) or not isinstance(source, (list, tuple)):
-            raise ValueError(f"hessian_estimate must be a list with one tensor per parameter, got "
-                             f"{type(source).__name__}")
-        if len(source) != count:
-            raise ValueError(f"hessian_estimate has {len(source)} entries, but the optimizer has {count} parameters "
-                             "(all groups, in order)")
-        return list(source)
-
-    def _check_estimate_entry(self, hhat, p: Tensor, name: str) -> None:
-        if not isinstance(hhat, Tensor):
-            raise ValueError(f"hessian_estimate for {name} is {type(hhat).__name__}, expected a tensor")
-        if hhat.is_complex() or not hhat.is_floating_point():
-            raise ValueError(f"hessian_estimate for {name} has dtype {hhat.dtype}; expected a real floating dtype")
-        if hhat.shape != p.shape:
-            raise ValueError(f"hessian_estimate for {name} has shape {tuple(hhat.shape)}, expected {tuple(p.shape)}")
-        if hhat.device != p.device:
-            raise ValueError(f"hessian_estimate for {name} is on {hhat.device}, but the parameter is on {p.device}")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, hessian_estimate: EstimateSource | None = None):
@@ -290,14 +351,6 @@ class SophiaRef(Optimizer):
                                            clipped, floored, self._refreshes, self._skipped)
         return loss
 
-    def _is_refresh_step(self, t: int, k: int, explicit: bool) -> bool:
-        """Whether a parameter at its step t refreshes: the rule's schedule, except that a caller-driven
-        refresh given no explicit estimate calls ``hessian_estimator`` on the official recipe's steps."""
-        knobs = self.dialect.knobs
-        if knobs.refresh == "caller" and not explicit and self.hessian_estimator is not None:
-            return recipe_refresh_step(t, k)
-        return rule.is_refresh_step(t, k, knobs, explicit)
-
     def _master(self, p: Tensor) -> Tensor:
         """The float64 value of p: p itself, or its master copy (re-read if p was changed from outside)."""
         if p.dtype == torch.float64:
@@ -308,36 +361,3 @@ class SophiaRef(Optimizer):
             master = p.detach().to(torch.float64, copy=True)
             state["master"] = master
         return master
-
-    # -- checkpoints -------------------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        state_dict = super().state_dict()
-        state_dict[_STATE_DICT_KEY] = dict(step=self._step, refreshes=self._refreshes, skipped=self._skipped,
-                                           dialect=self.dialect.name, knobs=asdict(self.dialect.knobs))
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        counters = state_dict.pop(_STATE_DICT_KEY, None)
-        if counters is not None and _saved_knobs(counters["knobs"]) != asdict(self.dialect.knobs):
-            raise ValueError(f"this state dict was saved by a SophiaRef with dialect {counters['dialect']!r}, "
-                             f"which differs from this optimizer's {self.dialect.name!r}")
-        saved_state = state_dict["state"]
-        super().load_state_dict(state_dict)
-        self._denominators.clear()
-        # torch casts floating state to each parameter's dtype; the reference keeps float64, bit for bit.
-        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for pid, p in zip(ids, params):
-            for key, value in saved_state.get(pid, {}).items():
-                if isinstance(value, Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=torch.float64, copy=True)
-        if counters is not None:
-            self._step, self._refreshes, self._skipped = counters["step"], counters["refreshes"], counters["skipped"]
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and "refreshes" not in state:
-                    state["refreshes"] = _implied_refreshes(state["step"], group["hessian_interval"],
-                                                            self.dialect.knobs, self._refreshes)

@@ -117,3 +117,21 @@ def test_gnb_expectation_blocks(monkeypatch):
     blocked = gnb_expectation(lambda: X @ W, [W])[0]
     assert calls == [2, 2, 2]
     torch.testing.assert_close(blocked, full, rtol=1e-14, atol=0)
+
+
+# a gradient that does not depend on its own parameter (g_x = y) has zero curvature, found on the batched path
+# (one vmapped product per parameter, no per-row fallback)
+def test_gradient_independent_of_its_parameter_keeps_the_batched_path(monkeypatch):
+    real, calls = torch.autograd.grad, []
+
+    def spy(*args, **kwargs):
+        calls.append(bool(kwargs.get("is_grads_batched", False)))
+        return real(*args, **kwargs)
+
+    x = torch.arange(1.0, 3.0, dtype=F64, requires_grad=True)
+    y = torch.arange(3.0, 5.0, dtype=F64, requires_grad=True)
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    dx, dy = exact_diagonal(lambda: (x * y).sum() + (y ** 2).sum(), [x, y])
+    monkeypatch.undo()
+    assert torch.equal(dx, torch.zeros(2, dtype=F64)) and torch.equal(dy, torch.full((2,), 2.0, dtype=F64))
+    assert calls == [False, True, True]                 # the gradient, then one batched product per parameter

@@ -131,3 +131,87 @@ def test_detected_knobs_in_certificate():
     cert = decide(det=detection(knobs=Knobs()))
     assert cert.detected_knobs == asdict(Knobs())
     assert decide(det=detection(knobs=None)).detected_knobs is None
+
+
+# the worst violation is ranked NaN first, then any error where exactness (bound 0) was demanded, then by ratio
+def test_excess_ranks_nan_then_exactness_then_ratio():
+    nan, exact, far, near = (None, Worst(float("nan")), 8.0), (None, Worst(0.5), 0.0), (None, Worst(800.0), 8.0), \
+        (None, Worst(16.0), 8.0)
+    ranked = sorted([near, far, exact, nan], key=judge._excess, reverse=True)
+    assert ranked == [nan, exact, far, near]
+    assert judge._excess(far) == (0, 100.0)
+
+
+# residual findings quote the run furthest over its bound as the worst
+def test_residual_finding_names_the_worst_run():
+    results = [ok(ulps=20.0, name="a"), ok(ulps=900.0, name="b"), ok(ulps=30.0, name="c")]
+    [line] = judge.residual_findings(results, "paper")
+    assert "by up to 900 ulps" in line and "worst in b (teacher-forced)" in line and "in 3 scenario runs" in line
+
+
+# annotate: a run that errored did not pass (False), one that was skipped has no verdict (None)
+def test_annotate_marks_errors_failed_and_skips_unknown():
+    errored = ScenarioResult("e", "teacher-forced", 1, error="boom")
+    skipped = ScenarioResult("s", "teacher-forced", 1, skipped="declared", skip_kind="declared")
+    good, bad = ok(), ok(ulps=100.0)
+    judge.annotate([errored, skipped, good, bad])
+    assert (errored.passed, skipped.passed, good.passed, bad.passed) == (False, None, True, False)
+    assert errored.bound is None and skipped.bound is None and good.bound is not None
+
+
+# with no claim, a semantic departure is listed without naming a claimed dialect's value
+def test_semantic_line_without_a_claim():
+    dep = dict(knob="eps_placement", value="add", paper="max", severity="semantic", evidence="")
+    assert judge._semantic_lines([dep], None) == ["semantic: eps_placement = 'add' (paper: 'max')"]
+    assert judge._semantic_lines([dict(dep, severity="precision")], None) == []
+
+
+# outside the knobs: "matches its claim" says no claim when there is none, and names the claim when there is one
+def test_outside_the_knobs_matches_claim():
+    inconsistent = detection(consistent=False)
+    assert decide(det=inconsistent, auto=True).matches_claim == "no claim"
+    assert decide(det=inconsistent, auto=True, claim="paper").matches_claim == (
+        "no (it computes none of the dialects, paper included)")
+
+
+# knobs matching no preset: a conforming or failing battery becomes "departs"; an error stays an error
+def test_custom_knobs_depart_whatever_the_battery_says():
+    custom = detection(preset=None, matches=())
+    assert decide([ok(ulps=100.0)], det=custom, auto=True).verdict == "departs"
+    assert decide([ok()], det=custom, auto=True, claim="paper").matches_claim == (
+        "no (it computes a custom dialect, not paper)")
+
+
+# a detected preset that is not the claim: departs, and says what it computes
+def test_claim_other_than_detected_preset_departs():
+    cert = decide(det=detection(preset="optax", matches=("optax",)), auto=True, claim="paper")
+    assert cert.verdict == "departs" and cert.matches_claim == "no (it computes optax, not paper)"
+
+
+# the claim detected, but the battery failed or errored: never "yes"
+def test_claim_detected_but_battery_not_confirming():
+    harness = ScenarioResult("a", "teacher-forced", 1, error="x", harness_error=True)
+    assert decide([harness], det=detection(), auto=True, claim="paper").matches_claim == (
+        "not measured (nothing was certified)")
+    assert decide([harness], det=detection(), auto=True).matches_claim == "no claim"
+    failed = decide([ok(ulps=100.0)], det=detection(), auto=True, claim="paper")
+    assert failed.verdict == "fails" and failed.matches_claim == "no (it does not compute paper)"
+    assert decide([ok()], det=detection(), auto=True, claim="paper").matches_claim == "yes"
+
+
+# outside the knobs with no cross-check figure: the finding says n/a rather than failing to format
+def test_outside_the_knobs_without_a_figure():
+    det = detection(consistent=False)
+    det.cross_check = None
+    [line] = [f for f in decide(det=det, auto=True).findings if f.startswith("outside the knobs")]
+    assert "cross-check deviation n/a of" in line
+
+
+# with a detection, the semantic lines are detection's (with their evidence), not the held dialect's own list
+def test_semantic_lines_come_from_detection_when_there_is_one():
+    dep = dict(knob="refresh", value="caller", paper="immediate", severity="semantic", evidence="probe says")
+    cert = decide(dialect="official", det=detection(departures=[dep]))
+    semantic = [f for f in cert.findings if f.startswith("semantic:")]
+    assert semantic == ["semantic: refresh = 'caller' (paper: 'immediate'): probe says"]
+    without = [f for f in decide(dialect="official").findings if f.startswith("semantic:")]
+    assert without and all(f.startswith("semantic: departs from paper: ") for f in without)

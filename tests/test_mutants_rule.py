@@ -69,3 +69,16 @@ def test_weight_decay_of_one():
     u = torch.clamp(0.5 * grad / (0.25 * 0.25 * 1e6), -1, 1)                 # m = (1 - b1) g, h = (1 - b2) hhat
     assert torch.equal(delta, torch.mul(theta, -(0.25 * 1.0)).sub_(torch.mul(u, 0.25)))
     assert math.isclose(delta[0].item(), -0.5 - 0.25 * u[0].item(), rel_tol=1e-15)
+
+
+# gamma h overflowing to inf with h finite: the quotient is still m / (gamma h), from the rescaled division
+def test_quotient_where_gamma_h_overflows():
+    m = torch.tensor([2.0 ** 1020, -(2.0 ** 1000)], dtype=F64)
+    h = torch.tensor([2.0 ** 100, 2.0 ** 100], dtype=F64)                      # gamma h = 2^1100: inf in float64
+    state = init(torch.zeros(2, dtype=F64))._replace(m=m, h=h)
+    knobs = Knobs(refresh="never")
+    _, delta, _ = update(state, torch.zeros(2, dtype=F64), torch.zeros(2, dtype=F64),
+                         hyper(beta1=1.0 - 2.0 ** -52, gamma=2.0 ** 1000, lr=1.0), knobs)
+    # m barely moves (b1 = 1 - 2^-52, g = 0): m_t = b1 m, exact powers of two times b1, so u = b1 2^-80 and b1 2^-100
+    b1 = 1.0 - 2.0 ** -52
+    assert delta.tolist() == [-(b1 * 2.0 ** -80), b1 * 2.0 ** -100]

@@ -38,13 +38,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEFAULT_TESTS: dict[str, tuple[str, ...]] = {
-    "sophia_ref/rule.py": ("tests/test_rule_properties.py", "tests/test_optim.py", "tests/test_dialects.py",
-                           "tests/test_step_oracle.py"),
-    "sophia_ref/dialects.py": ("tests/test_dialects.py", "tests/test_detect.py", "tests/test_adapters.py"),
-    "sophia_ref/estimators.py": ("tests/test_estimators.py", "tests/test_estimator_oracles.py",
-                                 "tests/test_estimator_power.py"),
-    "verification/conformance/judge.py": ("tests/test_conformance.py", "tests/test_conformance_precision.py",
-                                          "tests/test_judge*.py"),
+    "sophia_ref/rule.py": ("tests/test_mutants_rule.py", "tests/test_rule_properties.py", "tests/test_optim.py",
+                           "tests/test_dialects.py", "tests/test_step_oracle.py"),
+    "sophia_ref/dialects.py": ("tests/test_mutants_dialects.py", "tests/test_dialects.py", "tests/test_detect.py",
+                               "tests/test_adapters.py"),
+    "sophia_ref/estimators.py": ("tests/test_mutants_estimators.py", "tests/test_estimators.py",
+                                 "tests/test_estimator_oracles.py", "tests/test_estimator_power.py"),
+    "verification/conformance/judge.py": ("tests/test_mutants_judge.py", "tests/test_conformance.py",
+                                          "tests/test_conformance_precision.py", "tests/test_judge*.py"),
 }
 DEFAULT_TARGETS = tuple(DEFAULT_TESTS)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

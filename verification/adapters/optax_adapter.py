@@ -20,7 +20,8 @@ would not fold it, or a missing refresh where it would, raises.
 
 ``jax.config.update("jax_enable_x64", True)`` is set (process-wide) before any array is
 made. By default each step runs ``tx.update`` and ``optax.apply_updates`` under
-``jax.jit``, the usual way to run optax; ``OptaxAdapter(jit=False)`` runs them eagerly.
+``jax.jit``, the usual way to run optax (one compiled step for every build of the same
+shapes and dtypes, the hyperparameters passed as arguments); ``OptaxAdapter(jit=False)`` runs them eagerly.
 The two are not bit-identical on CPU: XLA fuses the jitted step and rounds differently
 (m differs by up to about 0.3 ulp of its operand scale; eagerly, m and h match the
 reference bit for bit). Both agree with the reference within a few ulps
@@ -70,6 +71,34 @@ def supplied_hessian_diagonal():
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+_JITTED_STEP = None
+
+
+def _jitted_step():
+    """One jitted ``sophia`` step shared by every adapter, the hyperparameters among its arguments.
+
+    ``sophia(...)`` is built inside the traced function from its arguments, so a new set of
+    hyperparameters reuses the compiled step: jit's cache is keyed by shapes and dtypes only.
+    The hyperparameters arrive as Python scalars, which jit traces as *weakly typed* values:
+    they promote exactly as the Python constants of an eager ``sophia(lr, b1, ...)`` do (a
+    float32 run stays float32). Without this, each build compiled afresh, and the
+    certification battery spent most of its time in XLA.
+    """
+    global _JITTED_STEP
+    if _JITTED_STEP is None:
+        jax, _, optax = _jax()
+
+        def step(params, opt_state, grads, estimate, lr, b1, b2, eps, weight_decay, gamma, interval):
+            tx = optax.contrib.sophia(learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                                      gamma=gamma, update_interval=interval,
+                                      hessian_diagonal_fn=supplied_hessian_diagonal())
+            updates, opt_state = tx.update(grads, opt_state, params, **{ESTIMATE_KWARG: estimate})
+            return optax.apply_updates(params, updates), opt_state
+
+        _JITTED_STEP = jax.jit(step)
+    return _JITTED_STEP
+
+
 _JAX_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
                torch.bfloat16: "bfloat16"}
 
@@ -103,12 +132,16 @@ class OptaxAdapter(Adapter):
             hessian_diagonal_fn=supplied_hessian_diagonal())
         self.params = self._to_jax(params)
         self.opt_state = self.tx.init(self.params)
+        if self.jit:
+            hyper_args = (hyper.lr, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay, hyper.gamma,
+                          hyper.hessian_interval)
+            self._update = lambda p, s, g, e: _jitted_step()(p, s, g, e, *hyper_args)
+        else:
+            def update(params, opt_state, grads, estimate):
+                updates, opt_state = self.tx.update(grads, opt_state, params, **{ESTIMATE_KWARG: estimate})
+                return optax.apply_updates(params, updates), opt_state
 
-        def update(params, opt_state, grads, estimate):
-            updates, opt_state = self.tx.update(grads, opt_state, params, **{ESTIMATE_KWARG: estimate})
-            return optax.apply_updates(params, updates), opt_state
-
-        self._update = jax.jit(update) if self.jit else update
+            self._update = update
 
     # -- conversions --------------------------------------------------------------------------------------------
 

@@ -141,6 +141,17 @@ def _scenarios(runs) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
+def _excess(hit) -> tuple[int, float]:
+    """How far a violation ``(result, worst, bound)`` is over its bound, for ranking: NaN first, then a
+    nonzero error where the bound is 0 (exactness demanded), then the largest ratio to the bound."""
+    _, worst, bound = hit
+    if math.isnan(worst.ulps):
+        return 2, 0.0
+    if bound == 0:
+        return 1, worst.ulps
+    return 0, worst.ulps / bound
+
+
 def residual_findings(results: list[ScenarioResult], label: str) -> list[str]:
     """One line per quantity over its bound, the scenarios listed, worst first; one per distinct error."""
     lines = []
@@ -148,7 +159,7 @@ def residual_findings(results: list[ScenarioResult], label: str) -> list[str]:
         hits = [(r, worst, bound) for r in results for what, worst, bound in violations(r) if what == quantity]
         if not hits:
             continue
-        r, worst, bound = max(hits, key=lambda x: (math.inf if math.isnan(x[1].ulps) else x[1].ulps / max(x[2], 1e-300)))
+        r, worst, bound = max(hits, key=_excess)
         naive = "" if r.naive is None else f"; the naive float32 evaluation: {r.naive[quantity].ulps:.3g} ulps"
         lines.append(f"residual: {quantity} off {label} by up to {worst.ulps:.3g} ulps (bound {bound:.3g}{naive}) "
                      f"in {len(hits)} scenario runs: {_scenarios(h[0] for h in hits)}; worst in {r.scenario} "
@@ -223,9 +234,10 @@ def annotate(results: list[ScenarioResult]) -> None:
 def battery_verdict(results: list[ScenarioResult]) -> tuple[str, str | None]:
     """``(verdict, why)`` of the battery alone: conforms, fails, or error (nothing certified)."""
     ran = [r for r in results if not r.skipped and not r.error]
-    if any(r.error and r.harness_error for r in results) and not any(r.error and not r.harness_error for r in results):
+    errors = [r for r in results if r.error]
+    if errors and all(r.harness_error for r in errors):
         return "error", "the harness could not drive it (see the error findings): nothing is blamed on it"
-    if any(r.error for r in results):
+    if errors:
         return "fails", None
     if not ran:
         kinds = sorted({f"{r.skipped}" for r in results})
@@ -237,12 +249,7 @@ def battery_verdict(results: list[ScenarioResult]) -> tuple[str, str | None]:
 
 def detected_departures(detection) -> list[dict]:
     """Detection's departures from paper, each with the evidence of the probe that showed it."""
-    if hasattr(detection, "departures"):
-        return list(detection.departures())
-    paper = asdict(get_dialect("paper").knobs)
-    found = asdict(detection.knobs) if detection.knobs is not None else {}
-    return [dict(knob=k, value=_jsonable(v), paper=_jsonable(paper[k]), severity="semantic",
-                 evidence=detection.evidence.get(k, "")) for k, v in found.items() if v != paper[k]]
+    return list(detection.departures())
 
 
 def _semantic_lines(departures: list[dict], claimed: Dialect | None) -> list[str]:
@@ -300,8 +307,6 @@ def decide(name: str, version: str, dialect: Dialect, results: list[ScenarioResu
             verdict = "departs" if verdict in ("conforms", "fails") else verdict
             lines.append(f"departs: it claims {claim}, but its behaviour is {', '.join(detection.matches)}")
             matches = f"no (it computes {detection.preset}, not {claim})"
-        elif claim is not None and verdict != "conforms":
-            matches = "not measured (the battery did not confirm it)" if verdict == "error" else matches
     if verdict == "error" and claim is not None:
         matches = "not measured (nothing was certified)"
     semantic = _semantic_lines(departures, None if claim is None else _known(claim))
