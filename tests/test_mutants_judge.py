@@ -215,3 +215,13 @@ def test_semantic_lines_come_from_detection_when_there_is_one():
     assert semantic == ["semantic: refresh = 'caller' (paper: 'immediate'): probe says"]
     without = [f for f in decide(dialect="official").findings if f.startswith("semantic:")]
     assert without and all(f.startswith("semantic: departs from paper: ") for f in without)
+
+
+# an implementation that refused to be built for every scenario certified nothing: error, never fails or conforms
+def test_refused_to_build_everywhere_is_an_error():
+    refused = [ScenarioResult(n, "teacher-forced", 1, error="building it failed: ValueError: no float64",
+                              build_error=True) for n in "ab"]
+    verdict, why = judge.battery_verdict(refused)
+    assert verdict == "error" and "could not be built for any scenario" in why and "no float64" in why
+    # built for one scenario and run: the other refusal is a failure of the implementation
+    assert judge.battery_verdict(refused[:1] + [ok()])[0] == "fails"

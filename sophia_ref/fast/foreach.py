@@ -75,7 +75,7 @@ def step(bucket: Bucket, knobs: rule.Knobs) -> Tensor:
     if all(x == 0.0 for x in decay):
         delta = torch._foreach_neg(s)
     else:
-        delta = torch._foreach_mul(theta, decay)                                # -(lr lam) theta
+        delta = list(torch._foreach_mul(theta, decay))                          # -(lr lam) theta
         torch._foreach_sub_(delta, s)                                           # - lr u
         for i, x in enumerate(decay):
             if x == 0.0:

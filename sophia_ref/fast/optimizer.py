@@ -44,6 +44,9 @@ class Sophia(_SophiaBase):
       and bfloat16 parameters, on CUDA, or on CPU under ``TRITON_INTERPRET=1``;
     - ``backend="auto"``: triton for float32 and bfloat16 parameters on CUDA, foreach otherwise.
 
+    The kernel writes through raw addresses, so a non-contiguous parameter (a strided view) takes
+    the foreach path on either backend.
+
     Every preset is selectable; a custom :class:`~sophia_ref.dialects.Dialect` whose knobs the fast
     path does not implement (``h_bias_correction``, ``estimate_clamp``, ``weight_decay_form`` other
     than the paper's) is refused with the knobs named.
@@ -186,7 +189,7 @@ class Sophia(_SophiaBase):
                     self._check_grad(p, self._name(gi, pi, p))
                     work.append((gi, pi, flat, p))
                 flat += 1
-        steps = [self.state[p]["step"] if p in self.state else 0 for _, _, _, p in work]
+        steps = [self.state[p].get("step", 0) if p in self.state else 0 for _, _, _, p in work]
         refresh = [self._is_refresh_step(s + 1, hypers[gi].hessian_interval, hessian_estimate is not None)
                    for (gi, _, _, _), s in zip(work, steps)]
         estimate = self._estimate(hessian_estimate, t, flat) if any(refresh) else None
@@ -207,13 +210,18 @@ class Sophia(_SophiaBase):
         buckets: dict = {}
         for (gi, pi, fi, p), s, r in zip(work, steps, refresh):
             state = self.state[p]
+            dtype = self._state_dtype(p)
             if "m" not in state:
-                dtype = self._state_dtype(p)
                 state.update(step=0, m=torch.zeros(p.shape, dtype=dtype, device=p.device),
                              h=torch.zeros(p.shape, dtype=dtype, device=p.device), refreshes=0)
+            for key in ("m", "h"):  # state written from outside (another dtype, layout or device) is taken over
+                x = state[key]
+                if x.dtype != dtype or x.device != p.device or not x.is_contiguous():
+                    state[key] = x.to(device=p.device, dtype=dtype, memory_format=torch.contiguous_format)
+            state.setdefault("refreshes", 0)
             hhat = estimate[fi] if r else None
             item = Item(p, p.grad, state["m"], state["h"], hhat, scalars(hypers[gi], knobs, s + 1))
-            key = (p.device, p.dtype, self._backend_for(p.device, p.dtype))
+            key = (p.device, p.dtype, self._backend_for(p.device, p.dtype) if p.is_contiguous() else "foreach")
             buckets.setdefault(key, Bucket(p.device, p.dtype)).items.append(item)
 
         unclipped = None
@@ -233,7 +241,7 @@ class Sophia(_SophiaBase):
 
         for (_, _, _, p), r in zip(work, refresh):
             state = self.state[p]
-            state["step"] += 1
+            state["step"] = state.get("step", 0) + 1
             state["refreshes"] += bool(r)
         refreshed = any(refresh)
         self._step = t

@@ -435,6 +435,10 @@ def _negotiate(adapter: Adapter, hyper: Hyperparameters | None, evidence: dict) 
                 evidence["hyperparameters"] = (evidence.get("hyperparameters", "") + "; " if fixed else "") + (
                     f"the adapter refused {'; '.join(refused)}; probing with eps={eps:g}, k={k}")
             return base
+    reasons = {r.split(": ", 1)[1] for r in refused}
+    if len(reasons) == 1:  # one cause whatever the setting (e.g. it refuses float64 parameters): say it once
+        raise ValueError(f"the adapter accepted none of the {len(refused)} probe settings (float64 parameters, "
+                         f"eps in {sorted(set(eps_values))}, k in {sorted(set(intervals))}): {reasons.pop()}")
     raise ValueError("the adapter accepted none of the probe settings: " + "; ".join(refused))
 
 

@@ -94,7 +94,8 @@ class Slot:
     ``changing`` (changed in a way not mapped: not teacher-forceable). ``where``:
     ``state`` (``optimizer.state[p][key]``), ``group`` (``param_groups[i][key]``) or ``optimizer``
     (``optimizer.key``). ``kind``: ``tensor``, ``0-d tensor``, ``int``, ``float`` or ``other``. ``dtype``: under
-    float64 parameters, ``low_dtype``: under float32 ones (None where absent or not probed). A counter holds
+    float64 parameters, ``low_dtype``: under float32 ones, ``half_dtype``: under bfloat16 ones (None where absent
+    or not probed; a 16-bit parameter dtype takes the bfloat16 probe's answer). A counter holds
     ``count + offset``. ``seen``: the probes it appeared in (``float64``, ``float32``)."""
 
     role: str
@@ -103,6 +104,7 @@ class Slot:
     kind: str = "tensor"
     dtype: str | None = None
     low_dtype: str | None = None
+    half_dtype: str | None = None
     offset: int = 0
     form: str = ""
     why: str = ""
@@ -118,6 +120,8 @@ class Slot:
 
     def dtype_for(self, param_dtype: torch.dtype) -> torch.dtype:
         """The dtype this entry has for parameters of ``param_dtype`` (following them, or fixed)."""
+        if param_dtype in (torch.bfloat16, torch.float16) and self.half_dtype is not None:
+            return param_dtype if self.half_dtype == "bfloat16" else getattr(torch, self.half_dtype)
         if param_dtype == F64:
             name = self.dtype or self.low_dtype
         elif self.low_dtype is not None:
@@ -635,7 +639,8 @@ def _shared(base, where: str) -> list[Slot]:
 
 
 def _low_precision(adapter, d: Discovery, m_key: str, h_key: str) -> None:
-    """The float32 probe: each entry's dtype under float32 parameters, and a float64 master copy if one appears."""
+    """The float32 probe: each entry's dtype under float32 parameters, and a float64 master copy if one appears;
+    then the bfloat16 probe: the dtype of m and h under 16-bit parameters (float32 state, or the parameters')."""
     try:
         snaps = _run_probe(adapter, d, torch.float32)
     except (DoesNotFit, _ProbeFailed) as error:
@@ -644,6 +649,7 @@ def _low_precision(adapter, d: Discovery, m_key: str, h_key: str) -> None:
         return
     d.low_probed = True
     d.probes += 1
+    _half_precision(adapter, d, m_key, h_key)
     params_seq = [snap["params"] for snap in snaps]
     slots = {(s.where, s.key): s for s in [d.m, d.h, *d.step, *d.refreshes, *d.extra] if s is not None}
     keys = []
@@ -666,6 +672,18 @@ def _low_precision(adapter, d: Discovery, m_key: str, h_key: str) -> None:
             d.extra.append(Slot("constant" if _same_per_param(seq) else "changing", key, "state", kind, None,
                                 _dtype_name(first), seen=("float32",), value=_freeze(first),
                                 why="" if _same_per_param(seq) else "it changes with the steps (float32 parameters)"))
+
+
+def _half_precision(adapter, d: Discovery, m_key: str, h_key: str) -> None:
+    try:
+        snaps = _run_probe(adapter, d, torch.bfloat16)
+    except (DoesNotFit, _ProbeFailed, RuntimeError, TypeError, ValueError):
+        return  # no bfloat16 answer: 16-bit parameters take the float32 layout
+    d.probes += 1
+    for slot, key in ((d.m, m_key), (d.h, h_key)):
+        values = [v for snap in snaps[1:] for st in snap["state"] for k, v in st.items() if k == key]
+        if slot is not None and values and isinstance(values[0], Tensor):
+            slot.half_dtype, slot.seen = _dtype_name(values[0]), slot.seen + ("bfloat16",)
 
 
 def _find_slots(adapter: ConventionAdapter, api: Discovery) -> None:

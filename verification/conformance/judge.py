@@ -237,6 +237,9 @@ def battery_verdict(results: list[ScenarioResult]) -> tuple[str, str | None]:
     errors = [r for r in results if r.error]
     if errors and all(r.harness_error for r in errors):
         return "error", "the harness could not drive it (see the error findings): nothing is blamed on it"
+    if errors and all(r.build_error for r in errors) and not ran:
+        return "error", (f"it could not be built for any scenario, so nothing was certified ({errors[0].error}); "
+                         "if it does not take these settings (a dtype, a device), certify it with ones it takes")
     if errors:
         return "fails", None
     if not ran:

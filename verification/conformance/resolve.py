@@ -29,11 +29,15 @@ from ..adapters.base import Adapter
 #: short names of the implementations the project knows how to drive: name -> (adapter, distribution to look for)
 KNOWN: dict[str, tuple[str, str | None]] = {
     "sophia-ref": ("verification.conformance.resolve:sophia_ref_adapter", None),
+    "fast-foreach": ("verification.conformance.resolve:fast_foreach_adapter", None),
     "official": ("verification.adapters.official:OfficialAdapter", "sophia-opt"),
     "sophia-optimizer": ("verification.adapters.sophia_optimizer:SophiaOptimizerAdapter", "sophia-optimizer"),
     "pytorch-optimizer": ("verification.adapters.pytorch_optimizer:PytorchOptimizerAdapter", "pytorch-optimizer"),
     "optax": ("verification.adapters.optax_adapter:OptaxAdapter", "optax"),
+    "fast-triton": ("verification.conformance.resolve:fast_triton_adapter", "triton"),
 }
+#: short names certified by name only, not by default: fast-triton needs CUDA or TRITON_INTERPRET=1
+BY_NAME_ONLY = ("fast-triton",)
 AUTO = "auto"
 
 
@@ -47,6 +51,24 @@ def sophia_ref_adapter() -> Adapter:
     from ..adapters.convention import ConventionAdapter
 
     return ConventionAdapter(SophiaRef, "sophia_ref.SophiaRef", __version__, dialect="paper")
+
+
+def _fast_adapter(backend: str) -> Adapter:
+    from sophia_ref import __version__
+    from sophia_ref.fast import Sophia
+
+    from ..adapters.convention import ConventionAdapter
+
+    return ConventionAdapter(Sophia, f"sophia_ref.fast.Sophia ({backend})", __version__, dialect="paper",
+                             extra={"backend": backend})
+
+
+def fast_foreach_adapter() -> Adapter:
+    return _fast_adapter("foreach")
+
+
+def fast_triton_adapter() -> Adapter:
+    return _fast_adapter("triton")
 
 
 # -- dialects ----------------------------------------------------------------------------------------------------
@@ -164,6 +186,8 @@ def installed_public() -> list[str]:
     """The short names whose packages are installed here (the project's own implementation first)."""
     names = []
     for name, (_, distribution) in KNOWN.items():
+        if name in BY_NAME_ONLY:
+            continue
         if distribution is not None:
             try:
                 metadata.version(distribution)  # installed; whether it imports is the certificate's business

@@ -146,6 +146,7 @@ class ScenarioResult:
     skip_kind: str | None = None
     #: the error arose in the harness's own handling of the implementation (writing its state), not in its step
     harness_error: bool = False
+    build_error: bool = False    # it refused to be built for this scenario (a dtype or setting it does not take)
     #: set by the judge: the largest error allowed per quantity, and whether every quantity is within it
     bound: dict[str, float] | None = None
     passed: bool | None = None
@@ -275,6 +276,7 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
         _build(adapter, data.init, hyper, dtype, device, scenario.groups)
     except Exception as error:  # the implementation rejected the set-up: a finding, not a crash
         result.error = f"building it failed: {type(error).__name__}: {error}"
+        result.build_error = True
         return result
     # the largest step a coordinate can take, per tensor (its group's lr)
     lr = [torch.tensor((scenario.groups[i] if scenario.groups else {}).get("lr", hyper.lr), dtype=F64)
