@@ -167,6 +167,14 @@ class _SophiaBase(Optimizer):
         if hhat.device != p.device:
             raise ValueError(f"hessian_estimate for {name} is on {hhat.device}, but the parameter is on {p.device}")
 
+    def _begin_step(self, closure) -> tuple:
+        """``(loss, t, hypers)``: the closure's loss (or None), the step's number and each group's Hyper."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        return loss, self._step + 1, [self._hyper(group) for group in self.param_groups]
+
     def _is_refresh_step(self, t: int, k: int, explicit: bool) -> bool:
         """Whether a parameter at its step t refreshes: the rule's schedule, except that a caller-driven
         refresh given no explicit estimate calls ``hessian_estimator`` on the official recipe's steps."""
@@ -276,13 +284,8 @@ class SophiaRef(_SophiaBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, hessian_estimate: EstimateSource | None = None):
         """One Sophia step; returns the closure's loss (or None)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss, t, hypers = self._begin_step(closure)
         knobs = self.dialect.knobs
-        t = self._step + 1
-        hypers = [self._hyper(group) for group in self.param_groups]
 
         work = []  # (group index, index in group, flat index, parameter, its rule state)
         flat = 0

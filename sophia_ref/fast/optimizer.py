@@ -173,13 +173,8 @@ class Sophia(_SophiaBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, hessian_estimate: EstimateSource | None = None):
         """One Sophia step; returns the closure's loss (or None)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss, t, hypers = self._begin_step(closure)
         knobs = self.dialect.knobs
-        t = self._step + 1
-        hypers = [self._hyper(group) for group in self.param_groups]
 
         work = []  # (group index, index in group, flat index, parameter)
         flat = 0
