@@ -73,8 +73,10 @@ def test_boundary_line_quotes_the_first_explained_note():
 # precision_findings only looks at low-precision runs (naive set): a float64 battery adds no precision line
 def test_precision_findings_ignore_float64_runs():
     assert judge.precision_findings([ok()], "float64", []) == []
-    assert judge.precision_findings([ok(error="x"), low("teacher-forced", 3.0)], "float32", [])[0].endswith(
-        "(naive: up to 3 ulps)")
+    [line] = judge.precision_findings([ok(error="x"), low("teacher-forced", 3.0)], "float32", [])
+    assert "(naive: up to 3 ulps); parameters, m, h, computed natively" in line
+    [line] = judge.precision_findings([low("teacher-forced", 3.0)], "bfloat16", [])
+    assert "(naive: up to 3 ulps); m, h, computed natively" in line
 
 
 # metrics_of splits the naive errors by tier
@@ -225,3 +227,18 @@ def test_refused_to_build_everywhere_is_an_error():
     assert verdict == "error" and "could not be built for any scenario" in why and "no float64" in why
     # built for one scenario and run: the other refusal is a failure of the implementation
     assert judge.battery_verdict(refused[:1] + [ok()])[0] == "fails"
+
+
+# low precision: a quantity computed natively in the dtype it is counted in may use the same-precision bound
+# (8 per teacher-forced step, 16 per free-running step); bfloat16 parameters keep the naive bound alone
+def test_low_precision_bounds_by_dtype_and_tier():
+    def run(tier, dtype, naive_ulps, steps=12):
+        return ScenarioResult("s", tier, steps, naive={q: Worst(naive_ulps) for q in judge.QUANTITIES}, dtype=dtype)
+
+    assert judge.bounds(run("teacher-forced", "float32", 1.0)) == {"parameters": 8.0, "m": 8.0, "h": 8.0}
+    assert judge.bounds(run("teacher-forced", "float32", 10.0)) == {"parameters": 22.0, "m": 22.0, "h": 22.0}
+    assert judge.bounds(run("free-running", "float32", 3.0)) == {"parameters": 192.0, "m": 192.0, "h": 192.0}
+    assert judge.bounds(run("free-running", "bfloat16", 3.0)) == {"parameters": 8.0, "m": 192.0, "h": 192.0}
+    assert judge.bounds(run("teacher-forced", "float16", 0.5)) == {"parameters": 3.0, "m": 8.0, "h": 8.0}
+    # float64 runs have no naive evaluation: the same-precision bound alone
+    assert judge.bounds(ScenarioResult("s", "free-running", 12)) == {"parameters": 192.0, "m": 192.0, "h": 192.0}

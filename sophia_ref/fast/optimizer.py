@@ -79,6 +79,7 @@ class Sophia(_SophiaBase):
         self._device = None
         self._last = None
         self._tables: dict = {}
+        self._scratch: dict = {}  # CPU parameters of the foreach path: u's buffer, kept between steps
         self._seed = None
         super().__init__(params, lr, betas, gamma, eps, weight_decay, hessian_interval, dialect=dialect, rho=rho,
                          batch_size=batch_size, nan_policy=nan_policy, hessian_estimator=hessian_estimator)
@@ -131,8 +132,11 @@ class Sophia(_SophiaBase):
     def diagnostics(self) -> FastDiagnostics | None:
         if self._last is None:
             return None
-        t, skipped, refreshed, numel, unclipped = self._last
-        rate = float("nan") if skipped or not numel else int(unclipped) / numel  # the one host read
+        t, skipped, refreshed, numel, counts = self._last
+        if skipped or not numel:
+            rate = float("nan")
+        else:  # the one host read (a CPU count is taken here, from the last step's u)
+            rate = int(sum(c() if callable(c) else c for c in counts)) / numel
         return FastDiagnostics(t, skipped, refreshed, numel, rate, self._refreshes, self._skipped)
 
     @diagnostics.setter
@@ -153,12 +157,17 @@ class Sophia(_SophiaBase):
             raise ValueError(f"{name}: gradient on {g.device}, parameter on {p.device}")
 
     def _non_finite(self, tensors: list[Tensor]) -> bool:
-        """Whether any entry of ``tensors`` is NaN or Inf: max-abs norms on the device, then one flag read."""
+        """Whether any entry of ``tensors`` is NaN or Inf, with one flag read.
+
+        Euclidean norms first (one multi-tensor reduction; a NaN or Inf entry always makes its norm
+        non-finite, as squares cannot cancel). A non-finite norm is then confirmed entry by entry,
+        because the sum of squares of large finite entries can overflow too."""
         tensors = [x for x in tensors if x.numel()]
         if not tensors:
             return False
-        norms = torch._foreach_norm(tensors, float("inf"))
-        return not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+        norms = torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)])
+        suspects = (~torch.isfinite(norms)).nonzero().reshape(-1).tolist()  # the one host read
+        return any(not bool(torch.isfinite(tensors[i]).all()) for i in suspects)
 
     def _culprit(self, work, refresh, estimate, t: int) -> str:
         for (gi, pi, fi, p), r in zip(work, refresh):
@@ -169,6 +178,19 @@ class Sophia(_SophiaBase):
                         return (f"step {t}: the {what} of {self._name(gi, pi, p)} has {bad} non-finite entries "
                                 f"(NaN or Inf); nothing was changed (nan_policy='raise')")
         return f"step {t}: a gradient or estimate has non-finite entries; nothing was changed"
+
+    def _scratch_for(self, bucket: Bucket) -> list[Tensor] | None:
+        """u's buffers for a CPU bucket, kept between steps (a fresh large CPU allocation costs page faults); None
+        on other devices, where the caching allocator makes a per-step buffer cheap."""
+        if bucket.device.type != "cpu":
+            return None
+        out = []
+        for it in bucket.items:
+            buf = self._scratch.get(it.p)
+            if buf is None or buf.shape != it.p.shape or buf.dtype != it.m.dtype:
+                buf = self._scratch[it.p] = torch.empty(it.p.shape, dtype=it.m.dtype)
+            out.append(buf)
+        return out
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, hessian_estimate: EstimateSource | None = None):
@@ -199,7 +221,7 @@ class Sophia(_SophiaBase):
                 if self.nan_policy == "raise":
                     raise FloatingPointError(self._culprit(work, refresh, estimate, t))
                 self._skipped += 1
-                self._last = (t, True, False, 0, None)
+                self._last = (t, True, False, 0, [])
                 return loss
 
         buckets: dict = {}
@@ -219,7 +241,7 @@ class Sophia(_SophiaBase):
             key = (p.device, p.dtype, self._backend_for(p.device, p.dtype) if p.is_contiguous() else "foreach")
             buckets.setdefault(key, Bucket(p.device, p.dtype)).items.append(item)
 
-        unclipped = None
+        counts = []
         for (device, dtype, backend), bucket in buckets.items():
             if backend == "triton":
                 count = torch.zeros((), dtype=torch.int32, device=device)
@@ -228,9 +250,9 @@ class Sophia(_SophiaBase):
                 triton_step.step(bucket, knobs, self._tables.setdefault((device, dtype), triton_step._Tables()),
                                  count, self._seed, self.stochastic_rounding)
             else:
-                count = foreach.step(bucket, knobs)
+                count = foreach.step(bucket, knobs, self._scratch_for(bucket))
             if count is not None:
-                unclipped = count if unclipped is None else unclipped + count
+                counts.append(count)
         if self._seed is not None:
             self._seed.add_(1)  # a new random stream each step, without leaving the device
 
@@ -242,5 +264,5 @@ class Sophia(_SophiaBase):
         self._step = t
         self._refreshes += refreshed
         numel = sum(p.numel() for _, _, _, p in work)
-        self._last = (t, False, refreshed, numel, unclipped)
+        self._last = (t, False, refreshed, numel, counts)
         return loss

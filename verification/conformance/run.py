@@ -152,6 +152,8 @@ class ScenarioResult:
     passed: bool | None = None
     #: low precision: the naive float32 evaluation's errors on the same inputs (None for float64)
     naive: dict[str, Worst] | None = None
+    #: the parameters' dtype in this run ("float64", "float32", "bfloat16", "float16")
+    dtype: str = "float64"
     #: coordinates whose step was clipped on one side and not on the other, each with its explanation
     boundary: list[str] = field(default_factory=list)
 
@@ -258,6 +260,7 @@ def run_scenario(adapter: Adapter, dialect: Dialect, scenario: Scenario, tier: s
     data = make_data(scenario, dialect, hyper)
     largest = max((float(x.abs().max()) for step in data.grads for x in step if x.numel()), default=1.0)
     info, name = torch.finfo(dtype), str(dtype).replace("torch.", "")
+    result.dtype = name
     if largest > info.max / 16:
         result.skipped, result.skip_kind = f"its gradients (up to {largest:.3g}) overflow {name}", "not applicable"
         return result
