@@ -28,6 +28,9 @@ SEED = 0
 
 SOPHIA_KWARGS = dict(lr=1e-3, gamma=0.05, weight_decay=0.1, hessian_interval=HESSIAN_INTERVAL)
 ADAMW_KWARGS = dict(lr=1e-3, weight_decay=0.1, foreach=False)
+#: the production pair: sophia_ref.fast.Sophia(backend="foreach") against torch's foreach AdamW, float32
+FAST_PARAMS = 10_000_000  # gives width 2432: 2432x2432 + 1621x2432 + 2432 + 1621 + 2432 + 2432 = 9,865,813
+FAST_ADAMW_KWARGS = dict(lr=1e-3, weight_decay=0.1, foreach=True)
 
 
 def layout(target: int = DEFAULT_PARAMS) -> list[tuple[int, ...]]:
@@ -64,12 +67,12 @@ class Problem:
         return numel(self.shapes)
 
 
-def make_problem(target: int = DEFAULT_PARAMS, seed: int = SEED) -> Problem:
+def make_problem(target: int = DEFAULT_PARAMS, seed: int = SEED, dtype: torch.dtype = torch.float64) -> Problem:
     gen = torch.Generator().manual_seed(seed)
     shapes = layout(target)
 
     def randn(shape):
-        return torch.randn(shape, generator=gen, dtype=torch.float64)
+        return torch.randn(shape, generator=gen, dtype=dtype)
 
     init = [0.02 * randn(s) for s in shapes]
     grads = [1e-3 * randn(s) for s in shapes]
@@ -94,8 +97,15 @@ def make_sophia(problem: Problem) -> tuple[SophiaRef, list[torch.Tensor]]:
     return SophiaRef(make_params(problem), **SOPHIA_KWARGS), [h.clone() for h in problem.hhat]
 
 
-def make_adamw(problem: Problem) -> torch.optim.AdamW:
-    return torch.optim.AdamW(make_params(problem), **ADAMW_KWARGS)
+def make_adamw(problem: Problem, **overrides) -> torch.optim.AdamW:
+    return torch.optim.AdamW(make_params(problem), **{**ADAMW_KWARGS, **overrides})
+
+
+def make_fast(problem: Problem, backend: str = "foreach"):
+    """A sophia_ref.fast.Sophia on fresh parameters, with the estimate list to pass to every step() call."""
+    from sophia_ref.fast import Sophia
+
+    return Sophia(make_params(problem), backend=backend, **SOPHIA_KWARGS), [h.clone() for h in problem.hhat]
 
 
 def set_threads(threads: int) -> None:
@@ -106,5 +116,6 @@ def set_threads(threads: int) -> None:
 
 def describe(problem: Problem) -> str:
     shapes = " + ".join("x".join(map(str, s)) for s in problem.shapes)
-    return (f"{problem.numel:,} float64 parameters ({shapes}); torch {torch.__version__}, "
+    return (f"{problem.numel:,} {str(problem.init[0].dtype).replace('torch.', '')} parameters ({shapes}); "
+            f"torch {torch.__version__}, "
             f"{torch.get_num_threads()} intra-op thread(s)")
