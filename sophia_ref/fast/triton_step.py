@@ -19,8 +19,12 @@ learning-rate schedule or a new weight decay never recompiles. The dialect's str
 compile-time constants: one compiled kernel per combination, as each changes the arithmetic.
 
 Arithmetic: float32, in the order of the reference's float32 evaluation, with IEEE
-round-to-nearest division (``div_rn``); on a GPU the compiler may contract a product and a sum
-into one fused multiply-add (one rounding instead of two), which the tolerance model allows.
+round-to-nearest division (``div_rn``) and floating-point contraction off (``enable_fp_fusion=
+False``: no product and sum fused into one multiply-add), so on a GPU as in the interpreter each
+operation rounds exactly where the float32 evaluation rounds: the kernel's output is that
+evaluation's, bit for bit. This costs nothing measurable in a step bound by memory bandwidth, and
+it removes the one place where a correct kernel can still move a coordinate by 2 lr: where h is
+about 0, d is eps and ``u = clip(m / eps)`` turns a rounding of a cancelling m into a full step.
 bfloat16 parameters are read as float32 and written back rounded to nearest, or stochastically
 (``stochastic_rounding=True``: add 16 random bits below the bfloat16 mantissa, then truncate, so
 the rounding is unbiased). On CPU tensors it runs under ``TRITON_INTERPRET=1``.
@@ -224,6 +228,7 @@ def step(bucket: Bucket, knobs: rule.Knobs, tables: _Tables, unclipped: Tensor, 
         P_BF16=bucket.dtype == torch.bfloat16, EPS_ADD=knobs.eps_placement == "add",
         SIGN_MIN=knobs.clip_form == "sign_min", NEXT_STEP=knobs.refresh == "next_step",
         ZERO_M_IS_ZERO=knobs.eps_placement == "add" or eps_zero, MOMENTUM_UPDATES=knobs.momentum_updates,
-        STOCHASTIC=bool(stochastic and bucket.dtype == torch.bfloat16), NS=_NUM_SCALARS, BLOCK=BLOCK)
+        STOCHASTIC=bool(stochastic and bucket.dtype == torch.bfloat16), NS=_NUM_SCALARS, BLOCK=BLOCK,
+        enable_fp_fusion=False)
     # keep the inputs alive until the launch is enqueued (CUDA's allocator then orders their reuse)
     del grads, estimates
