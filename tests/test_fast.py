@@ -154,6 +154,22 @@ def test_win_rate_matches_reference(backend):
     assert fast.diagnostics.win_rate == ref.diagnostics.win_rate and 0 < ref.diagnostics.win_rate < 1
 
 
+# the sign form with a negative h (official: eps added, so d < 0 can happen) takes unclipped steps larger than c:
+# they are not wins (|u| < c), in the reference's count and in both backends'
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_win_rate_with_negative_h_in_the_sign_form(backend):
+    g = torch.Generator().manual_seed(5)
+    init = [torch.randn(2000, generator=g)]
+    grads = [[torch.randn(2000, generator=g)] for _ in range(3)]
+    hhats = [[torch.randn(2000, generator=g) * 50] for _ in range(3)]   # half of them negative
+    fast_params, ref_params = [p.clone() for p in init], [p.clone() for p in init]
+    fast = Sophia(fast_params, lr=0.1, gamma=0.05, dialect="official", backend=backend)
+    ref = SophiaRef(ref_params, lr=0.1, gamma=0.05, dialect="official")
+    _run(fast_params, fast, grads, hhats, "official")
+    _run(ref_params, ref, grads, hhats, "official")
+    assert fast.diagnostics.win_rate == ref.diagnostics.win_rate and 0 < ref.diagnostics.win_rate < 1
+
+
 # checkpoints: a SophiaRef state dict loads into Sophia and back, through torch.save / torch.load(weights_only)
 def test_checkpoints_cross_load():
     init, grads, hhats = _data(torch.float32)
@@ -227,6 +243,44 @@ def test_bad_input_changes_nothing(backend):
     with pytest.raises(ValueError, match="none was given"):
         opt.step()
     assert torch.equal(p, before[0]) and torch.equal(opt.state[p]["h"], before[2]) and opt.state[p]["step"] == 10
+
+
+# more bad input, each refused before anything changes: an estimate on another device or with the wrong number of
+# entries, not a list, a gradient of another dtype
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_bad_input_changes_nothing(backend):
+    p = torch.ones(4)
+    opt = Sophia([p], lr=0.1, backend=backend)
+    p.grad = torch.ones(4)
+    cases = [
+        (dict(hessian_estimate=[torch.ones(4, device="meta")]), ValueError, "is on meta, but the parameter is on cpu"),
+        (dict(hessian_estimate=[torch.ones(4), torch.ones(4)]), ValueError, "has 2 entries, but the optimizer has 1"),
+        (dict(hessian_estimate=torch.ones(4)), ValueError, "must be a list with one tensor per parameter"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            opt.step(**kwargs)
+        assert torch.equal(p, torch.ones(4)) and p not in opt.state and opt._step == 0
+    p.grad_dtype = None  # torch refuses a gradient of another dtype unless told to allow one
+    p.grad = torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="gradient dtype torch.float64 != parameter dtype torch.float32"):
+        opt.step(hessian_estimate=[torch.ones(4)])
+    assert torch.equal(p, torch.ones(4)) and p not in opt.state and opt._step == 0
+
+
+# nan_policy="ignore" never checks, so never reads from the device; "raise" checks once per step
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignore_policy_never_checks(backend, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Sophia, "_non_finite", lambda self, tensors: calls.append(len(tensors)) or False)
+    for policy, expected in (("ignore", []), ("raise", [2, 1])):
+        calls.clear()
+        p = torch.ones(4)
+        opt = Sophia([p], lr=0.1, backend=backend, nan_policy=policy)
+        p.grad = torch.ones(4)
+        opt.step(hessian_estimate=[torch.ones(4)])  # a refresh: gradient and estimate checked
+        opt.step()                                  # gradient only
+        assert calls == expected
 
 
 # the non-finite check reads Euclidean norms, which overflow for large finite entries: those are confirmed entry by
