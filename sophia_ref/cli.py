@@ -34,29 +34,6 @@ def _dialects(args: argparse.Namespace) -> int:
 
 
 def _mutation(args: argparse.Namespace) -> int:
-    gpu = commands.add_parser(
-        "gpu-check", help="the GPU conformance suite: fused kernels on GPT-2 small shapes and a 200-step GPT-2 run",
-        description="a. kernel conformance: sophia_ref.fast.Sophia (triton and foreach backends, fp32 and bf16 "
-                    "parameters) on GPT-2 small's 148 parameter shapes, teacher-forced against the float64 "
-                    "reference on the same GPU, per tensor within the tolerance model; b. a GPT-2 small run (bf16 "
-                    "autocast, Sophia-G, GNB refresh every 10 steps) of the fused optimizer against SophiaRef "
-                    "(float64 state) on the same gradients and sampled labels, its drift held to the bound derived "
-                    "from the tolerance model. Prints one table last. About 5 minutes on one H100/H200.",
-        epilog="Exit status: 0 all passed, 1 a check failed (or could not run on a GPU), 77 no CUDA device "
-               "(skipped, nothing checked).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    gpu.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (cpu needs --small)")
-    gpu.add_argument("--small", action="store_true",
-                     help="a toy GPT-2 (2 layers, width 64) instead of GPT-2 small: for development, not the suite")
-    gpu.add_argument("--steps", type=int, default=None, help="steps of the GPT-2 run (default: 200; 30 with --small)")
-    gpu.add_argument("--backend", action="append", choices=["triton", "foreach"], dest="backends",
-                     help="kernel checks for this backend only (repeatable; default: both)")
-    gpu.add_argument("--dtype", action="append", choices=["float32", "bfloat16"], dest="dtypes",
-                     help="kernel checks in this parameter dtype only (repeatable; default: both)")
-    gpu.add_argument("--no-train", action="store_true", help="skip the GPT-2 run (b)")
-    gpu.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
-    gpu.set_defaults(run=_gpu_check)
-
     from verification import mutation
 
     return mutation.run(args)

@@ -158,3 +158,13 @@ def test_guard_removes_the_stale_pyc(project):
     finally:
         guard.restore()
     assert calc.read_text() == CALC
+
+
+# the same through the one entry point: `sophia-ref mutation ...` reaches mutation.run with the same arguments
+def test_cli_subcommand_lists_the_same_mutants(project, capsys):
+    from sophia_ref.cli import main
+
+    assert mutation.main(_args(project, "--list")) == 0
+    direct = capsys.readouterr().out
+    assert main(["mutation", *_args(project, "--list")]) == 0
+    assert capsys.readouterr().out == direct and direct
