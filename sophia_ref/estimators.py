@@ -8,6 +8,9 @@ touches ``p.grad``.
 - :func:`hutchinson`: ``u * (H u)`` with ``u ~ N(0, I)`` or Rademacher; unbiased.
 - :func:`gnb`: Gauss-Newton-Bartlett, ``B * ghat * ghat`` with labels sampled from the model.
 - :func:`gnb_expectation`: the exact expectation of :func:`gnb`, the Gauss-Newton diagonal.
+
+Each takes ``group=``: under ``torch.distributed`` with more than one rank it returns, on every rank, the
+estimate for the global batch (:mod:`sophia_ref.distributed` says how, and which random streams to use).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+
+from . import distributed
 
 PROBES = ("gaussian", "rademacher")
 HVP_MODES = ("auto", "forward", "double_backward")
@@ -63,14 +68,16 @@ def _batched_vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -
         return [None if r[0] is None else torch.stack(r) for r in zip(*rows)]
 
 
-def exact_diagonal(loss_fn: Callable[[], Tensor], params: Iterable[Tensor]) -> list[Tensor]:
+def exact_diagonal(loss_fn: Callable[[], Tensor], params: Iterable[Tensor], *, group=None) -> list[Tensor]:
     """``diag(nabla^2 L(theta))``, exactly (up to float rounding), by one Hessian row per coordinate.
 
     ``loss_fn`` takes no argument and returns the scalar loss at the current
     parameters. Costs one backward pass per coordinate (batched by vmap): for
-    small problems, the oracle of the other estimators.
+    small problems, the oracle of the other estimators. Over ranks: the average
+    of the ranks' diagonals (the diagonal of the mean of their losses).
     """
     params = _param_list(params)
+    group = distributed.resolve_group(group)
     with torch.enable_grad():
         loss = _scalar(loss_fn(), "loss_fn")
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
@@ -89,7 +96,7 @@ def exact_diagonal(loss_fn: Callable[[], Tensor], params: Iterable[Tensor]) -> l
                     if rows is not None:
                         diag[idx] = rows.reshape(len(idx), n)[torch.arange(len(idx)), idx].double()
             diagonals.append(diag.reshape(p.shape))
-    return diagonals
+    return distributed.all_reduce_mean_(diagonals, group)
 
 
 def _probe(p: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
@@ -146,7 +153,7 @@ def _hvp_forward_over_reverse(loss_fn, params, probes) -> list[Tensor]:
 
 def hutchinson(loss_fn: Callable[[], Tensor], params: Iterable[Tensor], *, samples: int = 1,
                probe: str = "gaussian", generator: torch.Generator | None = None,
-               mode: str = "auto") -> list[Tensor]:
+               mode: str = "auto", group=None) -> list[Tensor]:
     """Hutchinson's estimate ``(1/n) sum_s u_s * (H u_s)`` of ``diag(H)`` (paper Algorithm 1).
 
     ``u ~ N(0, I)`` (``probe="gaussian"``) or uniform on {-1, +1}
@@ -158,8 +165,13 @@ def hutchinson(loss_fn: Callable[[], Tensor], params: Iterable[Tensor], *, sampl
     Hessian-vector products are forward-over-reverse (the jvp of the gradient;
     ``mode="forward"``), falling back to double backward where forward mode is
     unsupported (``mode="auto"``); ``mode="double_backward"`` forces the latter.
+
+    Over ranks: the average of the ranks' estimates, which is ``u * (mean_r H_r) u``
+    only if every rank draws the same u: give every rank a generator with the
+    same seed (:func:`sophia_ref.distributed.rank_generator` with ``per_rank=False``).
     """
     params = _param_list(params)
+    group = distributed.resolve_group(group)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} is not valid; accepted range: integers >= 1")
     if probe not in PROBES:
@@ -185,7 +197,7 @@ def hutchinson(loss_fn: Callable[[], Tensor], params: Iterable[Tensor], *, sampl
                 hvps = _hvp_double_backward(loss_fn, params, probes)
             for acc, u, hu in zip(total, probes, hvps):
                 acc.add_(u.double() * hu.double())
-    return [acc / samples for acc in total]
+    return distributed.all_reduce_mean_([acc / samples for acc in total], group)
 
 
 def _flat_logits(logits_fn: Callable[[], Tensor]) -> Tensor:
@@ -197,47 +209,61 @@ def _flat_logits(logits_fn: Callable[[], Tensor]) -> Tensor:
 
 
 def gnb(logits_fn: Callable[[], Tensor], params: Iterable[Tensor], *,
-        generator: torch.Generator | None = None) -> list[Tensor]:
+        generator: torch.Generator | None = None, group=None) -> list[Tensor]:
     """Gauss-Newton-Bartlett estimate (paper Algorithm 2): ``B * ghat * ghat``.
 
     ``logits_fn()`` returns logits shaped (B, V) or (..., V); every one of the B
     rows is a prediction. Labels ``yhat_b ~ softmax(f_b)`` are drawn from
     ``generator``; ``ghat = grad (1/B) sum_b CE(f_b, yhat_b)``. Never negative; its
     expectation is :func:`gnb_expectation`, the Gauss-Newton diagonal.
+
+    Over ranks: B is the global number of predictions and ghat the gradient of the
+    global mean, summed over ranks before it is squared; each rank's labels come
+    from its own generator, which must differ across ranks
+    (:func:`sophia_ref.distributed.rank_generator` with ``per_rank=True``).
     """
     params = _param_list(params)
+    group = distributed.resolve_group(group)
     with torch.enable_grad():
         logits = _flat_logits(logits_fn)
-        batch = logits.shape[0]
+        batch = distributed.global_count(logits.shape[0], group, logits.device)
         probs = torch.softmax(logits.detach().double(), dim=-1)
         sample_device = generator.device if generator is not None else probs.device
         labels = torch.multinomial(probs.to(sample_device), 1, generator=generator).reshape(-1).to(logits.device)
-        loss = torch.nn.functional.cross_entropy(logits, labels)  # mean over the B predictions
+        if group is None:
+            loss = torch.nn.functional.cross_entropy(logits, labels)  # mean over the B predictions
+        else:  # this rank's share of the global mean: its sum over the global B, summed over ranks below
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / batch
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [_float64_zeros(p) if g is None else batch * g.double() * g.double() for p, g in zip(params, grads)]
+    ghat = distributed.all_reduce_sum_([_float64_zeros(p) if g is None else g.double() for p, g in zip(params, grads)],
+                                       group)
+    return [batch * g * g for g in ghat]
 
 
-def gnb_expectation(logits_fn: Callable[[], Tensor], params: Iterable[Tensor]) -> list[Tensor]:
+def gnb_expectation(logits_fn: Callable[[], Tensor], params: Iterable[Tensor], *, group=None) -> list[Tensor]:
     """The exact expectation of :func:`gnb`: the Gauss-Newton diagonal of the mean cross-entropy.
 
     ``(1/B) sum_b diag(J_b^T (diag(p_b) - p_b p_b^T) J_b)``, computed by
     enumerating labels: ``diag(p) - p p^T = sum_v p_v (e_v - p)(e_v - p)^T``, so
     it is ``(1/B) sum_b sum_v p_bv (J_b^T (e_v - p_b))^2``, one vector-Jacobian
     product per (prediction, label) pair. Exact up to rounding; for small B * V.
+    Over ranks: each rank's sum over its own predictions, summed, over the global B.
     """
     params = _param_list(params)
+    group = distributed.resolve_group(group)
     total = [_float64_zeros(p) for p in params]
     with torch.enable_grad():
         logits = _flat_logits(logits_fn)
-        batch, vocab = logits.shape
+        local, vocab = logits.shape
+        batch = distributed.global_count(local, group, logits.device)
         probs = torch.softmax(logits.detach().double(), dim=-1)
-        pairs = [(b, v) for b in range(batch) for v in range(vocab)]
+        pairs = [(b, v) for b in range(local) for v in range(vocab)]
         chunk = max(1, _BATCH_ELEMENTS // logits.numel())
         for start in range(0, len(pairs), chunk):
             block = pairs[start:start + chunk]
             rows = torch.tensor([b for b, _ in block], device=logits.device)
             labels = torch.tensor([v for _, v in block], device=logits.device)
-            cot = torch.zeros((len(block), batch, vocab), dtype=torch.float64, device=logits.device)
+            cot = torch.zeros((len(block), local, vocab), dtype=torch.float64, device=logits.device)
             cot[torch.arange(len(block)), rows] = probs[rows]
             cot[torch.arange(len(block)), rows, labels] -= 1.0       # p_b - e_v on row b
             weights = probs[rows, labels] / batch                      # p_bv / B
@@ -246,4 +272,4 @@ def gnb_expectation(logits_fn: Callable[[], Tensor], params: Iterable[Tensor]) -
                 if jv is not None:
                     sq = jv.double().reshape(len(block), -1) ** 2
                     acc.add_((weights[:, None] * sq).sum(0).reshape(acc.shape))
-    return total
+    return distributed.all_reduce_sum_(total, group)

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import distributed
+
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
@@ -91,13 +93,14 @@ def sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> T
     return noise.log_().neg_().add_(scores).argmax(dim=-1)
 
 
-def _cotangent(logits: Tensor, generator: torch.Generator | None, chunk_bytes: int) -> Tensor:
-    """``(softmax(f_b) - e_{yhat_b}) / B`` for every row b, in the logits' dtype, built chunk by chunk."""
+def _cotangent(logits: Tensor, generator: torch.Generator | None, chunk_bytes: int, rows: int) -> Tensor:
+    """``(softmax(f_b) - e_{yhat_b}) / B`` for every row b (B = ``rows``, the global count), in the logits'
+    dtype, built chunk by chunk."""
     flat = logits.detach().reshape(-1, logits.shape[-1])
-    rows, vocab = flat.shape
+    local, vocab = flat.shape
     cot = torch.empty_like(flat)
     step = max(1, chunk_bytes // (4 * vocab))
-    for start in range(0, rows, step):
+    for start in range(0, local, step):
         chunk = flat[start:start + step]
         labels = sample_labels(chunk, generator)
         grad = torch.softmax(chunk.float(), dim=-1)
@@ -108,7 +111,7 @@ def _cotangent(logits: Tensor, generator: torch.Generator | None, chunk_bytes: i
 
 def gnb_refresh(model: torch.nn.Module, inputs: Any, *, params: Iterable[Tensor] | torch.optim.Optimizer | None = None,
                 sub_batch: int | None = None, generator: torch.Generator | None = None,
-                chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Tensor]:
+                chunk_bytes: int = DEFAULT_CHUNK_BYTES, group=None) -> list[Tensor]:
     """One GNB estimate ``B * ghat * ghat`` per parameter, from one forward and one backward pass.
 
     ``model(inputs)`` (``model(*inputs)`` for a tuple or list, ``model(**inputs)`` for a dict) must
@@ -118,6 +121,12 @@ def gnb_refresh(model: torch.nn.Module, inputs: Any, *, params: Iterable[Tensor]
     A parameter the logits do not depend on gets zeros. ``sub_batch``: use only the first n
     examples. ``generator`` drives the label sampling (on the logits' device). Autocast, if active,
     applies to the forward pass. Parameters' ``.grad`` are left untouched.
+
+    ``group``: under ``torch.distributed``, the estimate for the global (sub-)batch on every rank, as
+    :func:`sophia_ref.gnb` computes it (:mod:`sophia_ref.distributed`): B is the global number of
+    predictions and the gradients are summed over ranks before they are squared; give each rank its own
+    label stream (``rank_generator(seed, per_rank=True)``). Call it with the module DDP wraps
+    (``ddp_model.module``).
 
     Typical use, on refresh steps only::
 
@@ -130,17 +139,16 @@ def gnb_refresh(model: torch.nn.Module, inputs: Any, *, params: Iterable[Tensor]
     params = _parameters(model, params)
     if not params:
         raise ValueError("gnb_refresh: no parameters to estimate for")
+    group = distributed.resolve_group(group)
     with torch.enable_grad():
         logits = _logits_of(_call(model, _first_rows(inputs, sub_batch)))
-        cot = _cotangent(logits, generator, chunk_bytes)
-        rows = cot.numel() // cot.shape[-1]
+        rows = distributed.global_count(logits.numel() // logits.shape[-1], group, logits.device)
+        cot = _cotangent(logits, generator, chunk_bytes, rows)
         grads = torch.autograd.grad(logits, params, grad_outputs=cot, allow_unused=True)
-    estimates = []
+    ghat = []
     for p, g in zip(params, grads):
         dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-        if g is None:
-            estimates.append(torch.zeros(p.shape, dtype=dtype, device=p.device))
-            continue
-        g = g.to(dtype)  # autograd's own buffer when the dtype already matches: squared in place
-        estimates.append(g.mul_(g).mul_(rows))
-    return estimates
+        # autograd's own buffer when the dtype already matches: squared in place below
+        ghat.append(torch.zeros(p.shape, dtype=dtype, device=p.device) if g is None else g.to(dtype))
+    distributed.all_reduce_sum_(ghat, group)
+    return [g.mul_(g).mul_(rows) for g in ghat]

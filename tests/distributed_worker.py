@@ -1,0 +1,102 @@
+"""One rank of the 2-process tests of tests/test_distributed.py, launched as
+
+    python -m torch.distributed.run --nproc-per-node 2 tests/distributed_worker.py OUT_DIR
+
+(gloo, CPU). Each rank trains the shared tiny model on its half of every global batch under DDP, with the
+estimators reducing over the default group, and writes what it ended with to OUT_DIR/rank{r}.pt; the test
+compares that with one process on the concatenated batches (``run_training(world=None)``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sophia_ref import SophiaRef, exact_diagonal, gnb, gnb_expectation, hutchinson  # noqa: E402
+from sophia_ref.distributed import rank_generator  # noqa: E402
+from sophia_ref.fast import Sophia, gnb_refresh  # noqa: E402
+
+STEPS, K, GLOBAL_BATCH, CLASSES = 20, 5, 8, 3
+ESTIMATORS = ("gnb_expectation", "exact_diagonal", "hutchinson")
+SAMPLED_DRAWS = 400
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, CLASSES)).double()
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(GLOBAL_BATCH, 3, generator=g, dtype=torch.float64),
+             torch.randint(0, CLASSES, (GLOBAL_BATCH,), generator=g)) for _ in range(STEPS)]
+
+
+def _estimate(name, net, x, y, params):
+    if name == "gnb_expectation":
+        return lambda: gnb_expectation(lambda: net(x), params)
+    if name == "exact_diagonal":
+        return lambda: exact_diagonal(lambda: torch.nn.functional.cross_entropy(net(x), y), params)
+    generator = torch.Generator().manual_seed(7)  # the same probes on every rank: rank_generator(7, per_rank=False)
+    return lambda: hutchinson(lambda: torch.nn.functional.cross_entropy(net(x), y), params, generator=generator)
+
+
+def run_training(estimator: str, optimizer: str, world: tuple[int, int] | None = None) -> dict:
+    """Train 20 steps (a refresh every 5); ``world=(rank, size)``: this rank's slice of each batch, under DDP."""
+    net = model()
+    trained = net if world is None else torch.nn.parallel.DistributedDataParallel(net)
+    params = list(net.parameters())
+    kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
+    opt = SophiaRef(params, **kwargs) if optimizer == "ref" else Sophia(params, backend="foreach", **kwargs)
+    for x, y in batches():
+        if world is not None:
+            rank, size = world
+            share = GLOBAL_BATCH // size
+            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(trained(x), y).backward()  # DDP averages the ranks' mean gradients
+        opt.step(hessian_estimate=_estimate(estimator, net, x, y, params))
+    return {"params": [p.detach().clone() for p in params], "h": [opt.state[p]["h"].clone() for p in params]}
+
+
+def sampled(world: tuple[int, int] | None) -> dict:
+    """Many GNB draws at one point: their mean, and (under DDP) whether every rank got the same estimate."""
+    net = model()
+    params = list(net.parameters())
+    x, _ = batches()[0]
+    if world is not None:
+        rank, size = world
+        share = GLOBAL_BATCH // size
+        x = x[rank * share:(rank + 1) * share]
+    out = {}
+    for name in ("gnb", "gnb_refresh"):
+        generator = rank_generator(11, per_rank=True)
+        draws = []
+        for _ in range(SAMPLED_DRAWS):
+            if name == "gnb":
+                est = gnb(lambda: net(x), params, generator=generator)
+            else:
+                est = [e.double() for e in gnb_refresh(net, x, params=params, generator=generator)]
+            draws.append(torch.cat([e.reshape(-1) for e in est]))
+        out[name] = torch.stack(draws)
+    out["expectation"] = torch.cat([e.reshape(-1) for e in gnb_expectation(lambda: net(x), params)])
+    return out
+
+
+def main() -> None:
+    out_dir = sys.argv[1]
+    dist.init_process_group("gloo")
+    world = (dist.get_rank(), dist.get_world_size())
+    results = {f"{e}/{o}": run_training(e, o, world) for e in ESTIMATORS for o in ("ref", "fast")}
+    results["sampled"] = sampled(world)
+    torch.save(results, os.path.join(out_dir, f"rank{world[0]}.pt"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""torch.distributed: 2 processes (gloo, CPU, launched by torchrun) reproduce one process on the concatenated
+batches, for SophiaRef and fast.Sophia with each deterministic estimator reducing over the ranks; the sampled
+estimators give every rank the same h and have the global Gauss-Newton diagonal as their mean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import distributed_worker as worker
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with the gloo backend")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          os.path.join(HERE, "distributed_worker.py"), str(out)],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+@pytest.mark.parametrize("estimator", worker.ESTIMATORS)
+def test_two_ranks_reproduce_one_process(ranks, estimator, optimizer):
+    one = worker.run_training(estimator, optimizer)
+    key = f"{estimator}/{optimizer}"
+    for rank in ranks:
+        for got, want in zip(rank[key]["params"] + rank[key]["h"], one["params"] + one["h"]):
+            # float64 rounding: the ranks sum in another order (DDP's average, the estimators' all-reduce); 20 steps
+            # of lr 0.05 on O(1) parameters carry a few ulps of each step forward
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # and the ranks agree with each other exactly: they applied the same reduced gradient and estimate
+    for a, b in zip(ranks[0][key]["params"] + ranks[0][key]["h"], ranks[1][key]["params"] + ranks[1][key]["h"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["gnb", "gnb_refresh"])
+def test_sampled_estimates_agree_across_ranks_and_have_the_global_mean(ranks, name):
+    a, b = ranks[0]["sampled"][name], ranks[1]["sampled"][name]
+    assert torch.equal(a, b)  # every rank folds the same estimate into h
+    want = worker.sampled(None)["expectation"]  # one process, the whole batch: the global Gauss-Newton diagonal
+    torch.testing.assert_close(ranks[0]["sampled"]["expectation"], want, rtol=1e-12, atol=1e-15)
+    mean, se = a.mean(0), a.std(0) / a.shape[0] ** 0.5
+    # 5 standard errors on each of 31 coordinates: a false alarm well under 1e-4 for a fixed seed
+    assert bool(((mean - want).abs() <= 5 * se + 1e-12).all())
+    assert not bool(((2 * mean - want).abs() <= 5 * se + 1e-12).all())  # a wrong B factor (the local one) is caught
