@@ -54,3 +54,46 @@ def test_sampled_estimates_agree_across_ranks_and_have_the_global_mean(ranks, na
     # 5 standard errors on each of 31 coordinates: a false alarm well under 1e-4 for a fixed seed
     assert bool(((mean - want).abs() <= 5 * se + 1e-12).all())
     assert not bool(((2 * mean - want).abs() <= 5 * se + 1e-12).all())  # a wrong B factor (the local one) is caught
+
+
+def test_group_arguments_are_checked():
+    from sophia_ref import gnb_expectation
+    from sophia_ref.distributed import rank_generator, resolve_group
+
+    net = worker.model()
+    x, _ = worker.batches()[0]
+    with pytest.raises(ValueError, match="group='world' is not valid: expected a process group, None or 'local'"):
+        gnb_expectation(lambda: net(x), list(net.parameters()), group="world")
+    with pytest.raises(ValueError, match="torch.distributed is not initialized"):
+        resolve_group(object())
+    assert resolve_group(None) is None and resolve_group("local") is None
+    # without torch.distributed this process is rank 0: both kinds of stream start from the seed itself
+    assert torch.equal(torch.rand(3, generator=rank_generator(4, per_rank=True)),
+                       torch.rand(3, generator=rank_generator(4, per_rank=False)))
+
+
+# determinism: the same seeds give bit-identical trajectories on the CPU, GNB label sampling included
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_same_seed_same_trajectory_bit_for_bit(optimizer):
+    from sophia_ref import SophiaRef, gnb
+    from sophia_ref.fast import Sophia, gnb_refresh
+
+    def trajectory(refresh):
+        net = worker.model()
+        params = list(net.parameters())
+        kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=3)
+        opt = SophiaRef(params, **kwargs) if optimizer == "ref" else Sophia(params, backend="foreach", **kwargs)
+        generator = torch.Generator().manual_seed(3)
+        for x, y in worker.batches():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            if refresh == "gnb":
+                opt.step(hessian_estimate=lambda: gnb(lambda: net(x), params, generator=generator))
+            else:
+                opt.step(hessian_estimate=lambda: gnb_refresh(net, x, params=opt, generator=generator))
+        return [p.detach().clone() for p in params] + [opt.state[p]["h"].clone() for p in params]
+
+    for refresh in ("gnb", "gnb_refresh"):
+        first, second = trajectory(refresh), trajectory(refresh)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+        assert any(bool((h != 0).any()) for h in first[len(first) // 2:])
