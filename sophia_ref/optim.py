@@ -200,6 +200,46 @@ class _SophiaBase(Optimizer):
                                            optimizer=type(self).__name__)
         return state_dict
 
+    def _check_checkpoint(self, state_dict: dict) -> None:
+        """Refuse, before anything is written, a state dict whose layout or entries cannot be this optimizer's:
+        other parameter groups, a state tensor of another shape, a non-finite m or h, a step or refresh count
+        that is not a count. A truncated or corrupted file fails in torch.load; what loads must still fit."""
+        if not isinstance(state_dict.get("state"), dict) or not isinstance(state_dict.get("param_groups"), list):
+            raise ValueError("not an optimizer state dict: expected 'state' (a dict) and 'param_groups' (a list)")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"this state dict has {len(saved_groups)} parameter groups, the optimizer "
+                             f"{len(self.param_groups)}: it was saved for another parameter layout")
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved.get("params", ())) != len(group["params"]):
+                raise ValueError(f"parameter group {gi} has {len(saved.get('params', ()))} parameters in this state "
+                                 f"dict and {len(group['params'])} in the optimizer: another parameter layout")
+        ids = [i for g in saved_groups for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params):
+            entry = state_dict["state"].get(pid)
+            if not entry:
+                continue
+            where = f"the state of parameter {pid} (shape {tuple(p.shape)})"
+            for key in ("m", "h", "master"):
+                value = entry.get(key)
+                if value is None:
+                    continue
+                if not isinstance(value, Tensor) or not value.is_floating_point() or value.shape != p.shape:
+                    got = (f"shape {tuple(value.shape)}, dtype {value.dtype}" if isinstance(value, Tensor)
+                           else type(value).__name__)
+                    raise ValueError(f"{where}: {key} is {got}; expected a floating tensor of shape {tuple(p.shape)} "
+                                     "(a checkpoint of another model, or a corrupted one)")
+                if key != "master" and not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"{where}: {key} has non-finite entries (a corrupted checkpoint, or one saved "
+                                     "after a diverged step)")
+            step, refreshes = entry.get("step"), entry.get("refreshes")
+            step = int(step.item()) if isinstance(step, Tensor) and step.numel() == 1 else step
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                raise ValueError(f"{where}: step is {step!r}; expected a count >= 0")
+            if refreshes is not None and (not isinstance(refreshes, int) or not 0 <= refreshes <= step):
+                raise ValueError(f"{where}: refreshes is {refreshes!r}; expected a count between 0 and step={step}")
+
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         counters = state_dict.pop(_STATE_DICT_KEY, None)
@@ -207,7 +247,8 @@ class _SophiaBase(Optimizer):
             raise ValueError(f"this state dict was saved by a {counters.get('optimizer', 'SophiaRef')} with dialect "
                              f"{counters['dialect']!r}, "
                              f"which differs from this optimizer's {self.dialect.name!r}")
-        saved_state = state_dict["state"]
+        saved_state = state_dict.get("state")
+        self._check_checkpoint(state_dict)
         super().load_state_dict(state_dict)
         self._denominators.clear()
         # torch casts floating state to each parameter's dtype; each optimizer keeps its own state dtype
