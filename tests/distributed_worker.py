@@ -88,12 +88,39 @@ def sampled(world: tuple[int, int] | None) -> dict:
     return out
 
 
+def nan_on_one_rank(world: tuple[int, int]) -> dict:
+    """nan_policy="skip" under DDP: rank 1's input has a NaN on step 2 only; DDP's average carries it to every
+    rank's gradient, so every rank skips that step and nothing else."""
+    net = model()
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    params = list(net.parameters())
+    out = {}
+    for kind in ("ref", "fast"):
+        net.load_state_dict(model().state_dict())
+        opt = (SophiaRef(params, lr=0.05, nan_policy="skip", hessian_interval=K) if kind == "ref" else
+               Sophia(params, lr=0.05, nan_policy="skip", hessian_interval=K, backend="foreach"))
+        skipped = []
+        for t, (x, y) in enumerate(batches()[:4], 1):
+            rank, size = world
+            share = GLOBAL_BATCH // size
+            x, y = x[rank * share:(rank + 1) * share].clone(), y[rank * share:(rank + 1) * share]
+            if t == 2 and rank == 1:
+                x[0, 0] = float("nan")
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step(hessian_estimate=lambda: gnb_expectation(lambda: net(x), params))
+            skipped.append(bool(opt.diagnostics.skipped))
+        out[kind] = {"skipped": skipped, "params": [p.detach().clone() for p in params]}
+    return out
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     dist.init_process_group("gloo")
     world = (dist.get_rank(), dist.get_world_size())
     results = {f"{e}/{o}": run_training(e, o, world) for e in ESTIMATORS for o in ("ref", "fast")}
     results["sampled"] = sampled(world)
+    results["nan"] = nan_on_one_rank(world)
     torch.save(results, os.path.join(out_dir, f"rank{world[0]}.pt"))
     dist.destroy_process_group()
 

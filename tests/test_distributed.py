@@ -56,6 +56,13 @@ def test_sampled_estimates_agree_across_ranks_and_have_the_global_mean(ranks, na
     assert not bool(((2 * mean - want).abs() <= 5 * se + 1e-12).all())  # a wrong B factor (the local one) is caught
 
 
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_one_ranks_nan_skips_the_step_on_every_rank(ranks, optimizer):
+    a, b = ranks[0]["nan"][optimizer], ranks[1]["nan"][optimizer]
+    assert a["skipped"] == b["skipped"] == [False, True, False, False]
+    assert all(torch.equal(x, y) and bool(torch.isfinite(x).all()) for x, y in zip(a["params"], b["params"]))
+
+
 def test_group_arguments_are_checked():
     from sophia_ref import gnb_expectation
     from sophia_ref.distributed import rank_generator, resolve_group
