@@ -28,6 +28,13 @@ labels of a prediction depend on which rank holds it).
 
 Call the estimators with the wrapped module's own forward (``ddp_model.module``), not the DDP wrapper:
 they differentiate with ``torch.autograd.grad``, outside DDP's own gradient reduction.
+
+FSDP2 (``fully_shard``: DTensor parameters): ``torch.autograd.grad`` does not reach the sharded
+parameters (the forward runs on gathered copies), so ``gnb`` and ``gnb_refresh`` differentiate with a
+backward pass instead, FSDP's own reduce-scatter doing the sum over ranks, and return DTensor estimates
+sharded like the parameters; ``.grad`` is saved and restored around it. ``exact_diagonal``,
+``hutchinson`` and ``gnb_expectation`` need second derivatives or one product per prediction and refuse
+DTensor parameters with a message.
 """
 
 from __future__ import annotations
@@ -116,3 +123,71 @@ def rank_generator(seed: int, *, per_rank: bool, group=None, device="cpu") -> to
     (``per_rank=True``: GNB's sampled labels), ``seed`` where they must agree (``per_rank=False``:
     Hutchinson's probes)."""
     return torch.Generator(device=device).manual_seed(seed + (rank(group) if per_rank else 0))
+
+
+def sharded(params) -> bool:
+    """Whether any parameter is a DTensor (FSDP2)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return any(isinstance(p, DTensor) for p in params)
+
+
+def refuse_sharded(params, name: str) -> None:
+    if sharded(params):
+        raise ValueError(f"{name} cannot run on DTensor (FSDP2) parameters: it differentiates with "
+                         "torch.autograd.grad, which does not reach fully_shard's sharded parameters; under FSDP2 use "
+                         "gnb or sophia_ref.fast.gnb_refresh, which differentiate through FSDP's backward")
+
+
+def grads_by_backward(output: Tensor, params, group, grad_output: Tensor | None = None) -> list:
+    """The gradients of ``output`` summed over the ranks, for DTensor (FSDP2) parameters: one backward pass
+    through FSDP's hooks (which average over the mesh, hence the factor of the world size), with the
+    parameters' ``.grad`` saved and restored around it. Entries are None where no gradient flowed."""
+    n = world_size(group)
+    saved = [p.grad for p in params]
+    try:
+        for p in params:
+            p.grad = None
+        if grad_output is None:
+            (output * n).backward()
+        else:
+            output.backward(grad_output * n)
+        return [p.grad for p in params]
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
+def local(x: Tensor | None) -> Tensor | None:
+    """The shard of a DTensor this rank holds (a view: writing it writes the DTensor), else x itself."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return x
+    return x.to_local() if isinstance(x, DTensor) else x
+
+
+def mesh_group(tensors) -> object | None:
+    """The process group of the first DTensor's mesh (its only dimension, or the flattened mesh), or None."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return None
+    for x in tensors:
+        if isinstance(x, DTensor):
+            mesh = x.device_mesh
+            return mesh.get_group() if mesh.ndim == 1 else mesh._flatten().get_group()
+    return None
+
+
+def count_over_mesh(count: int, tensors, device) -> int:
+    """``count`` summed over the mesh of the DTensors among ``tensors`` (unchanged without any): one all-reduce,
+    which every rank must reach."""
+    group = mesh_group(tensors)
+    if group is None:
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    _dist().all_reduce(total, op=_dist().ReduceOp.SUM, group=group)
+    return int(total.item())

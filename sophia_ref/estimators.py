@@ -77,6 +77,7 @@ def exact_diagonal(loss_fn: Callable[[], Tensor], params: Iterable[Tensor], *, g
     of the ranks' diagonals (the diagonal of the mean of their losses).
     """
     params = _param_list(params)
+    distributed.refuse_sharded(params, "exact_diagonal")
     group = distributed.resolve_group(group)
     with torch.enable_grad():
         loss = _scalar(loss_fn(), "loss_fn")
@@ -171,6 +172,7 @@ def hutchinson(loss_fn: Callable[[], Tensor], params: Iterable[Tensor], *, sampl
     same seed (:func:`sophia_ref.distributed.rank_generator` with ``per_rank=False``).
     """
     params = _param_list(params)
+    distributed.refuse_sharded(params, "hutchinson")
     group = distributed.resolve_group(group)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} is not valid; accepted range: integers >= 1")
@@ -234,6 +236,10 @@ def gnb(logits_fn: Callable[[], Tensor], params: Iterable[Tensor], *,
             loss = torch.nn.functional.cross_entropy(logits, labels)  # mean over the B predictions
         else:  # this rank's share of the global mean: its sum over the global B, summed over ranks below
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / batch
+        if distributed.sharded(params):  # FSDP2: its backward sums over the ranks and shards the result
+            grads = distributed.grads_by_backward(loss, params, group)
+            return [torch.zeros_like(p, dtype=torch.float64) if g is None else batch * g.double() * g.double()
+                    for p, g in zip(params, grads)]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     ghat = distributed.all_reduce_sum_([_float64_zeros(p) if g is None else g.double() for p, g in zip(params, grads)],
                                        group)
@@ -250,6 +256,7 @@ def gnb_expectation(logits_fn: Callable[[], Tensor], params: Iterable[Tensor], *
     Over ranks: each rank's sum over its own predictions, summed, over the global B.
     """
     params = _param_list(params)
+    distributed.refuse_sharded(params, "gnb_expectation")
     group = distributed.resolve_group(group)
     total = [_float64_zeros(p) for p in params]
     with torch.enable_grad():

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import rule
+from . import distributed, rule
 from .dialects import Dialect, get_dialect
 
 Estimate = Sequence[Union[Tensor, None]]
@@ -20,10 +20,11 @@ _STATE_DICT_KEY = "sophia_ref"
 
 def _count_non_finite(tensor: Tensor) -> int:
     """Entries that are NaN or +-Inf. A NaN or Inf anywhere makes the sum non-finite, so one
-    cheap reduction clears the common case; only then are entries counted."""
-    if bool(torch.isfinite(tensor.sum())):
-        return 0
-    return int(torch.count_nonzero(~torch.isfinite(tensor)))
+    cheap reduction clears the common case; only then are entries counted. A DTensor (FSDP2) is
+    counted shard by shard and the count summed over its mesh, the same one collective on every rank."""
+    shard = distributed.local(tensor)
+    bad = 0 if bool(torch.isfinite(shard.sum())) else int(torch.count_nonzero(~torch.isfinite(shard)))
+    return distributed.count_over_mesh(bad, [tensor], shard.device)
 
 
 def recipe_refresh_step(t: int, k: int) -> bool:

@@ -9,6 +9,7 @@ compares that with one process on the concatenated batches (``run_training(world
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 
@@ -114,13 +115,98 @@ def nan_on_one_rank(world: tuple[int, int]) -> dict:
     return out
 
 
+def squared_gradient(params):
+    """A deterministic estimate that runs as well on DTensor parameters: the reduced gradient, squared."""
+    return lambda: [p.grad.detach() ** 2 * 8 for p in params]
+
+
+def run_fsdp_training(optimizer: str, world: tuple[int, int] | None) -> dict:
+    """20 steps as run_training, the model under FSDP2 (fully_shard) when ``world`` is given; full tensors out."""
+    net = model()
+    if world is not None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
+    params = list(net.parameters())
+    kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
+    opt = SophiaRef(params, **kwargs) if optimizer == "ref" else Sophia(params, backend="foreach", **kwargs)
+    for x, y in batches():
+        if world is not None:
+            rank, size = world
+            share = GLOBAL_BATCH // size
+            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()  # FSDP reduce-scatters the ranks' mean gradients
+        opt.step(hessian_estimate=squared_gradient(params))
+    full = (lambda t: t.full_tensor()) if world is not None else (lambda t: t)
+    return {"params": [full(p.detach()).clone() for p in params], "h": [full(opt.state[p]["h"]).clone() for p in params]}
+
+
+def fsdp_sampled(world: tuple[int, int]) -> dict:
+    """GNB draws under FSDP2 at the initial point (full tensors), and the refusal of autograd-only estimators."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    net = model()
+    fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
+    params = list(net.parameters())
+    x, _ = batches()[0]
+    rank, size = world
+    share = GLOBAL_BATCH // size
+    x = x[rank * share:(rank + 1) * share]
+    out = {}
+    for name in ("gnb", "gnb_refresh"):
+        generator = rank_generator(13, per_rank=True)
+        draws = []
+        for _ in range(SAMPLED_DRAWS // 2):
+            est = (gnb(lambda: net(x), params, generator=generator) if name == "gnb"
+                   else gnb_refresh(net, x, params=params, generator=generator))
+            draws.append(torch.cat([e.full_tensor().double().reshape(-1) for e in est]))
+        out[name] = torch.stack(draws)
+    try:
+        exact_diagonal(lambda: net(x).sum(), params)
+        out["refusal"] = ""
+    except ValueError as error:
+        out["refusal"] = str(error)
+    return out
+
+
+def fsdp_nan_on_one_shard(world: tuple[int, int]) -> dict:
+    """nan_policy="skip" under FSDP2 with a NaN in rank 1's shard of the estimate only: every rank must skip."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    out = {}
+    for kind in ("ref", "fast"):
+        net = model()
+        fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
+        params = list(net.parameters())
+        opt = (SophiaRef(params, lr=0.05, nan_policy="skip", hessian_interval=1) if kind == "ref" else
+               Sophia(params, lr=0.05, nan_policy="skip", hessian_interval=1, backend="foreach"))
+        skipped = []
+        for t, (x, y) in enumerate(batches()[:3], 1):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            estimate = [p.grad.detach() ** 2 for p in params]
+            if t == 2 and world[0] == 1:
+                estimate[0].to_local().view(-1)[0] = float("nan")  # this rank's shard only
+            opt.step(hessian_estimate=estimate)
+            skipped.append(bool(opt.diagnostics.skipped))
+        out[kind] = skipped
+    return out
+
+
 def main() -> None:
     out_dir = sys.argv[1]
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # a rank that fails ends the run soon
     world = (dist.get_rank(), dist.get_world_size())
     results = {f"{e}/{o}": run_training(e, o, world) for e in ESTIMATORS for o in ("ref", "fast")}
     results["sampled"] = sampled(world)
     results["nan"] = nan_on_one_rank(world)
+    results["fsdp"] = {o: run_fsdp_training(o, world) for o in ("ref", "fast")}
+    results["fsdp_sampled"] = fsdp_sampled(world)
+    results["fsdp_nan"] = fsdp_nan_on_one_shard(world)
     torch.save(results, os.path.join(out_dir, f"rank{world[0]}.pt"))
     dist.destroy_process_group()
 

@@ -63,6 +63,34 @@ def test_one_ranks_nan_skips_the_step_on_every_rank(ranks, optimizer):
     assert all(torch.equal(x, y) and bool(torch.isfinite(x).all()) for x, y in zip(a["params"], b["params"]))
 
 
+# FSDP2: DTensor parameters, gradients, estimates and state; the same 20 steps as one process, to float64 rounding
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_fsdp2_reproduces_one_process(ranks, optimizer):
+    one = worker.run_fsdp_training(optimizer, None)
+    for rank in ranks:
+        got = rank["fsdp"][optimizer]
+        for a, b in zip(got["params"] + got["h"], one["params"] + one["h"]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["gnb", "gnb_refresh"])
+def test_fsdp2_sampled_estimates_have_the_global_mean(ranks, name):
+    draws = ranks[0]["fsdp_sampled"][name]
+    want = worker.sampled(None)["expectation"]
+    mean, se = draws.mean(0), draws.std(0) / draws.shape[0] ** 0.5
+    assert bool(((mean - want).abs() <= 5 * se + 1e-12).all())
+    assert not bool(((2 * mean - want).abs() <= 5 * se + 1e-12).all())
+
+
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_fsdp2_a_nan_in_one_shard_skips_the_step_on_every_rank(ranks, optimizer):
+    assert ranks[0]["fsdp_nan"][optimizer] == ranks[1]["fsdp_nan"][optimizer] == [False, True, False]
+
+
+def test_fsdp2_refuses_autograd_only_estimators(ranks):
+    assert "exact_diagonal cannot run on DTensor (FSDP2) parameters" in ranks[0]["fsdp_sampled"]["refusal"]
+
+
 def test_group_arguments_are_checked():
     from sophia_ref import gnb_expectation
     from sophia_ref.distributed import rank_generator, resolve_group

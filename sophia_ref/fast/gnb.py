@@ -47,6 +47,10 @@ def _parameters(model: torch.nn.Module, params) -> list[Tensor]:
     return list(params)
 
 
+def _estimate_dtype(p: Tensor) -> torch.dtype:
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
 def _first_rows(inputs: Any, n: int | None) -> Any:
     """The first ``n`` examples (dim 0) of a tensor, or of each tensor of a tuple, list or dict."""
     if n is None:
@@ -144,6 +148,10 @@ def gnb_refresh(model: torch.nn.Module, inputs: Any, *, params: Iterable[Tensor]
         logits = _logits_of(_call(model, _first_rows(inputs, sub_batch)))
         rows = distributed.global_count(logits.numel() // logits.shape[-1], group, logits.device)
         cot = _cotangent(logits, generator, chunk_bytes, rows)
+        if distributed.sharded(params):  # FSDP2: its backward sums over the ranks and shards the result
+            grads = distributed.grads_by_backward(logits, params, group, grad_output=cot)
+            return [torch.zeros_like(p, dtype=_estimate_dtype(p)) if g is None else
+                    g.to(_estimate_dtype(p)).pow(2).mul(rows) for p, g in zip(params, grads)]
         grads = torch.autograd.grad(logits, params, grad_outputs=cot, allow_unused=True)
     ghat = []
     for p, g in zip(params, grads):

@@ -8,12 +8,25 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .. import distributed
 from ..dialects import Dialect
 from ..optim import Estimate, EstimateSource, _SophiaBase
 from . import foreach, triton_step
 from .plan import Bucket, Item, scalars, unsupported
 
 BACKENDS = ("auto", "foreach", "triton")
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return None
+    return DTensor
+
+
+_local = distributed.local
+_mesh_group = distributed.mesh_group
 
 
 @dataclass(frozen=True)
@@ -161,13 +174,25 @@ class Sophia(_SophiaBase):
 
         Euclidean norms first (one multi-tensor reduction; a NaN or Inf entry always makes its norm
         non-finite, as squares cannot cancel). A non-finite norm is then confirmed entry by entry,
-        because the sum of squares of large finite entries can overflow too."""
+        because the sum of squares of large finite entries can overflow too. DTensors (FSDP2) are
+        checked shard by shard and the verdict is agreed over their mesh (one all-reduce), so every
+        rank raises or skips together."""
+        group = _mesh_group(tensors)
+        tensors = [_local(x) for x in tensors]
         tensors = [x for x in tensors if x.numel()]
-        if not tensors:
-            return False
-        norms = torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)])
-        suspects = (~torch.isfinite(norms)).nonzero().reshape(-1).tolist()  # the one host read
-        return any(not bool(torch.isfinite(tensors[i]).all()) for i in suspects)
+        bad = False
+        if tensors:
+            norms = torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)])
+            suspects = (~torch.isfinite(norms)).nonzero().reshape(-1).tolist()  # the one host read
+            bad = any(not bool(torch.isfinite(tensors[i]).all()) for i in suspects)
+        if group is not None:
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(bad)], dtype=torch.int32,
+                                device=tensors[0].device if tensors else self._device or "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+            bad = bool(flag.item())
+        return bad
 
     def _culprit(self, work, refresh, estimate, t: int) -> str:
         for (gi, pi, fi, p), r in zip(work, refresh):
@@ -179,6 +204,17 @@ class Sophia(_SophiaBase):
                                 f"(NaN or Inf); nothing was changed (nan_policy='raise')")
         return f"step {t}: a gradient or estimate has non-finite entries; nothing was changed"
 
+    @staticmethod
+    def _sharded_like(hhat: Tensor, p: Tensor) -> Tensor:
+        """The estimate as p is laid out: a full (replicated) estimate of a DTensor parameter is cut to its
+        placements, each rank keeping its own shard without communication."""
+        DTensor = _dtensor_type()
+        if DTensor is None or not isinstance(p, DTensor) or isinstance(hhat, DTensor):
+            return hhat
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(hhat, p.device_mesh, p.placements, src_data_rank=None)
+
     def _scratch_for(self, bucket: Bucket) -> list[Tensor] | None:
         """u's buffers for a CPU bucket, kept between steps (a fresh large CPU allocation costs page faults); None
         on other devices, where the caching allocator makes a per-step buffer cheap."""
@@ -186,9 +222,10 @@ class Sophia(_SophiaBase):
             return None
         out = []
         for it in bucket.items:
-            buf = self._scratch.get(it.p)
+            key = it.p if it.key is None else it.key
+            buf = self._scratch.get(key)
             if buf is None or buf.shape != it.p.shape or buf.dtype != it.m.dtype:
-                buf = self._scratch[it.p] = torch.empty(it.p.shape, dtype=it.m.dtype)
+                buf = self._scratch[key] = torch.empty(it.p.shape, dtype=it.m.dtype)
             out.append(buf)
         return out
 
@@ -228,16 +265,18 @@ class Sophia(_SophiaBase):
         for (gi, pi, fi, p), s, r in zip(work, steps, refresh):
             state = self.state[p]
             dtype = self._state_dtype(p)
-            if "m" not in state:
-                state.update(step=0, m=torch.zeros(p.shape, dtype=dtype, device=p.device),
-                             h=torch.zeros(p.shape, dtype=dtype, device=p.device), refreshes=0)
+            if "m" not in state:  # zeros_like: a DTensor parameter gets DTensor state with its placements
+                state.update(step=0, m=torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format),
+                             h=torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format), refreshes=0)
             for key in ("m", "h"):  # state written from outside (another dtype, layout or device) is taken over
                 x = state[key]
                 if x.dtype != dtype or x.device != p.device or not x.is_contiguous():
                     state[key] = x.to(device=p.device, dtype=dtype, memory_format=torch.contiguous_format)
             state.setdefault("refreshes", 0)
-            hhat = estimate[fi] if r else None
-            item = Item(p, p.grad, state["m"], state["h"], hhat, scalars(hypers[gi], knobs, s + 1))
+            hhat = self._sharded_like(estimate[fi], p) if r else None
+            # under FSDP2 the kernels see this rank's shards: the rule is elementwise
+            item = Item(_local(p), _local(p.grad), _local(state["m"]), _local(state["h"]), _local(hhat),
+                        scalars(hypers[gi], knobs, s + 1), key=p)
             key = (p.device, p.dtype, self._backend_for(p.device, p.dtype) if p.is_contiguous() else "foreach")
             buckets.setdefault(key, Bucket(p.device, p.dtype)).items.append(item)
 
@@ -263,6 +302,6 @@ class Sophia(_SophiaBase):
         refreshed = any(refresh)
         self._step = t
         self._refreshes += refreshed
-        numel = sum(p.numel() for _, _, _, p in work)
+        numel = sum(_local(p).numel() for _, _, _, p in work)  # under FSDP2: this rank's shards
         self._last = (t, False, refreshed, numel, counts)
         return loss

@@ -40,6 +40,7 @@ class Item:
     h: Tensor
     hhat: Tensor | None          # the estimate folded into h this step, or None
     scalars: tuple[float, ...]   # SCALARS, in float64
+    key: object = None           # the parameter these tensors are (the shards) of, for per-parameter caches
 
 
 @dataclass
