@@ -73,16 +73,18 @@ def _call(model, inputs):
 
 
 def _logits_of(output: Any) -> Tensor:
-    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), or a tuple
-    whose first element is the logits."""
+    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), a mapping
+    with a ``"logits"`` entry, or a tuple whose first element is the logits."""
     if isinstance(output, (tuple, list)) and output:
         output = output[0]
     elif not isinstance(output, Tensor) and hasattr(output, "logits"):
         output = output.logits
+    elif isinstance(output, Mapping) and "logits" in output:
+        output = output["logits"]
     if not isinstance(output, Tensor) or output.ndim < 1 or output.shape[-1] < 1 or not output.is_floating_point():
         got = f"shape {tuple(output.shape)}, dtype {output.dtype}" if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(f"gnb_refresh: the model must return floating-point logits shaped (..., V) (a tensor, a "
-                         f"tuple whose first element is one, or an object with .logits), got {got}")
+                         f"tuple whose first element is one, an object with .logits or a dict with 'logits'), got {got}")
     if not output.requires_grad:
         raise ValueError("gnb_refresh: the logits do not require grad; call it outside torch.no_grad() and "
                          "with parameters that require grad")
