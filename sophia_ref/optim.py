@@ -201,6 +201,19 @@ class _SophiaBase(Optimizer):
                                            optimizer=type(self).__name__)
         return state_dict
 
+    def init_state(self) -> None:
+        """Create every parameter's state as a first step would find it (step 0, m = h = 0), without stepping.
+
+        For ``torch.distributed.checkpoint.state_dict.get_state_dict`` on a fresh optimizer: it initializes an
+        empty optimizer by calling ``step()`` with zero gradients, which a Sophia refuses on its first step (a
+        refresh step needs an estimate). With the state in place it does not step."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not self.state.get(p):
+                    dtype = self._state_dtype(p)
+                    self.state[p] = {"step": 0, "m": torch.zeros_like(p, dtype=dtype),
+                                     "h": torch.zeros_like(p, dtype=dtype), "refreshes": 0}
+
     def _check_checkpoint(self, state_dict: dict) -> None:
         """Refuse, before anything is written, a state dict whose layout or entries cannot be this optimizer's:
         other parameter groups, a state tensor of another shape, a non-finite m or h, a step or refresh count

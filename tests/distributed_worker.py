@@ -197,6 +197,116 @@ def fsdp_nan_on_one_shard(world: tuple[int, int]) -> dict:
     return out
 
 
+def collective_fault(world: tuple[int, int]) -> dict:
+    """A collective that raises inside the Hessian estimate (every rank's all-reduce fails, as a broken
+    connection would make it): the step raises on every rank, and parameters and state are as before."""
+    out = {}
+    for kind in ("ref", "fast"):
+        net = model()
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        params = list(net.parameters())
+        opt = (SophiaRef(params, lr=0.05, hessian_interval=2) if kind == "ref" else
+               Sophia(params, lr=0.05, hessian_interval=2, backend="foreach"))
+        x, y = batches()[0]
+        for _ in range(2):  # steps 1 and 2; step 3 refreshes
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step(hessian_estimate=lambda: gnb_expectation(lambda: net(x), params))
+        before = ([p.detach().clone() for p in params],
+                  [(opt.state[p]["m"].clone(), opt.state[p]["h"].clone(), opt.state[p]["step"]) for p in params])
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        real = dist.all_reduce
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected: the connection to a peer was lost")
+
+        dist.all_reduce = broken
+        try:
+            opt.step(hessian_estimate=lambda: gnb_expectation(lambda: net(x), params))
+            raised = ""
+        except RuntimeError as error:
+            raised = str(error)
+        finally:
+            dist.all_reduce = real
+        unchanged = all(torch.equal(p, b) for p, b in zip(params, before[0])) and all(
+            torch.equal(opt.state[p]["m"], m) and torch.equal(opt.state[p]["h"], h) and opt.state[p]["step"] == s
+            for p, (m, h, s) in zip(params, before[1]))
+        out[kind] = {"raised": raised, "unchanged": unchanged}
+    return out
+
+
+def dcp_resume(world: tuple[int, int], out_dir: str) -> dict:
+    """FSDP2 + torch.distributed.checkpoint: save model and optimizer after 6 steps, run 5 more; a fresh
+    model and optimizer loaded from the checkpoint run the same 5; both end the same (full tensors)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    def build(kind):
+        net = model()
+        fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
+        params = list(net.parameters())
+        kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
+        opt = SophiaRef(params, **kwargs) if kind == "ref" else Sophia(params, backend="foreach", **kwargs)
+        return net, params, opt
+
+    def train(net, params, opt, xs):
+        rank, size = world
+        share = GLOBAL_BATCH // size
+        for x, y in xs:
+            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step(hessian_estimate=squared_gradient(params))
+
+    out = {}
+    data = batches()
+    for kind in ("ref", "fast"):
+        path = os.path.join(out_dir, f"dcp-{kind}")
+        net, params, opt = build(kind)
+        train(net, params, opt, data[:6])
+        model_sd, optim_sd = get_state_dict(net, opt)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+        train(net, params, opt, data[6:11])
+        net2, params2, opt2 = build(kind)
+        opt2.init_state()  # else get_state_dict initializes the state by stepping, which a refresh step refuses
+        model_sd, optim_sd = get_state_dict(net2, opt2)
+        loaded = {"model": model_sd, "optim": optim_sd}
+        dcp.load(loaded, checkpoint_id=path)
+        set_state_dict(net2, opt2, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+        train(net2, params2, opt2, data[6:11])
+        same = all(torch.equal(a.full_tensor(), b.full_tensor()) for a, b in zip(params, params2)) and all(
+            torch.equal(opt.state[a][k].full_tensor(), opt2.state[b][k].full_tensor()) and
+            opt.state[a]["step"] == opt2.state[b]["step"] for a, b in zip(params, params2) for k in ("m", "h"))
+        out[kind] = same
+        out[f"{kind}/final"] = [p.full_tensor().clone() for p in params]
+    return out
+
+
+def resume_dcp_on_one_process(kind: str, path: str) -> list:
+    """The 2-rank FSDP2 checkpoint of dcp_resume, loaded into one process without FSDP (torch.distributed.checkpoint
+    reshards it), then the same 5 steps on the whole batches."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    net = model()
+    params = list(net.parameters())
+    kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
+    opt = SophiaRef(params, **kwargs) if kind == "ref" else Sophia(params, backend="foreach", **kwargs)
+    opt.init_state()
+    model_sd, optim_sd = get_state_dict(net, opt)
+    loaded = {"model": model_sd, "optim": optim_sd}
+    dcp.load(loaded, checkpoint_id=path)
+    set_state_dict(net, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    for x, y in batches()[6:11]:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step(hessian_estimate=squared_gradient(params))
+    return [p.detach().clone() for p in params]
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # a rank that fails ends the run soon
@@ -207,6 +317,8 @@ def main() -> None:
     results["fsdp"] = {o: run_fsdp_training(o, world) for o in ("ref", "fast")}
     results["fsdp_sampled"] = fsdp_sampled(world)
     results["fsdp_nan"] = fsdp_nan_on_one_shard(world)
+    results["collective_fault"] = collective_fault(world)
+    results["dcp"] = dcp_resume(world, out_dir)
     torch.save(results, os.path.join(out_dir, f"rank{world[0]}.pt"))
     dist.destroy_process_group()
 

@@ -145,3 +145,16 @@ def test_foreign_checkpoints_are_refused_with_the_reason(kind):
     with pytest.raises(ValueError, match="not an optimizer state dict"):
         opt.load_state_dict({"weights": before["state"]})
     _unchanged(opt, before)
+
+
+# init_state() creates what a first step would find, so a run after it is the same run
+@pytest.mark.parametrize("kind", KINDS)
+def test_init_state_changes_no_result(kind):
+    nets = [_model(), _model()]
+    opts = [_make(kind, list(n.parameters())) for n in nets]
+    opts[1].init_state()
+    assert all(opts[1].state[p]["step"] == 0 and not bool(opts[1].state[p]["h"].any()) for p in nets[1].parameters())
+    for net, opt in zip(nets, opts):
+        _train(net, opt, torch.Generator().manual_seed(4), 6)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b) and torch.equal(opts[0].state[a]["h"], opts[1].state[b]["h"])

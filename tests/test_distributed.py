@@ -19,8 +19,13 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ranks")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ranks")
+
+
+@pytest.fixture(scope="module")
+def ranks(out_dir):
+    out = out_dir
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           os.path.join(HERE, "distributed_worker.py"), str(out)],
@@ -89,6 +94,26 @@ def test_fsdp2_a_nan_in_one_shard_skips_the_step_on_every_rank(ranks, optimizer)
 
 def test_fsdp2_refuses_autograd_only_estimators(ranks):
     assert "exact_diagonal cannot run on DTensor (FSDP2) parameters" in ranks[0]["fsdp_sampled"]["refusal"]
+
+
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_a_failing_collective_changes_nothing_on_any_rank(ranks, optimizer):
+    for rank in ranks:
+        got = rank["collective_fault"][optimizer]
+        assert "injected: the connection to a peer was lost" in got["raised"] and got["unchanged"]
+
+
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_fsdp2_resume_through_distributed_checkpoint_is_bit_exact(ranks, optimizer):
+    assert ranks[0]["dcp"][optimizer] is True and ranks[1]["dcp"][optimizer] is True
+
+
+# torch.distributed.checkpoint reshards: the 2-rank FSDP2 checkpoint resumes on one process without FSDP
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_fsdp2_checkpoint_resumes_on_one_process(ranks, out_dir, optimizer):
+    got = worker.resume_dcp_on_one_process(optimizer, str(out_dir / f"dcp-{optimizer}"))
+    for a, b in zip(got, ranks[0]["dcp"][f"{optimizer}/final"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)  # float64 rounding: another reduction order
 
 
 def test_group_arguments_are_checked():
