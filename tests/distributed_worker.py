@@ -38,6 +38,20 @@ def batches():
              torch.randint(0, CLASSES, (GLOBAL_BATCH,), generator=g)) for _ in range(STEPS)]
 
 
+def shard(world, *tensors):
+    """This rank's slice (dim 0) of each global-batch tensor; the tensors themselves for one process."""
+    if world is None:
+        return tensors
+    rank, size = world
+    share = GLOBAL_BATCH // size
+    return tuple(t[rank * share:(rank + 1) * share] for t in tensors)
+
+
+def make_optimizer(kind, params, **kw):
+    kwargs = {**dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K), **kw}
+    return SophiaRef(params, **kwargs) if kind == "ref" else Sophia(params, backend="foreach", **kwargs)
+
+
 def _estimate(name, net, x, y, params):
     if name == "gnb_expectation":
         return lambda: gnb_expectation(lambda: net(x), params)
@@ -52,13 +66,9 @@ def run_training(estimator: str, optimizer: str, world: tuple[int, int] | None =
     net = model()
     trained = net if world is None else torch.nn.parallel.DistributedDataParallel(net)
     params = list(net.parameters())
-    kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
-    opt = SophiaRef(params, **kwargs) if optimizer == "ref" else Sophia(params, backend="foreach", **kwargs)
+    opt = make_optimizer(optimizer, params)
     for x, y in batches():
-        if world is not None:
-            rank, size = world
-            share = GLOBAL_BATCH // size
-            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+        x, y = shard(world, x, y)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(trained(x), y).backward()  # DDP averages the ranks' mean gradients
         opt.step(hessian_estimate=_estimate(estimator, net, x, y, params))
@@ -69,11 +79,7 @@ def sampled(world: tuple[int, int] | None) -> dict:
     """Many GNB draws at one point: their mean, and (under DDP) whether every rank got the same estimate."""
     net = model()
     params = list(net.parameters())
-    x, _ = batches()[0]
-    if world is not None:
-        rank, size = world
-        share = GLOBAL_BATCH // size
-        x = x[rank * share:(rank + 1) * share]
+    (x,) = shard(world, batches()[0][0])
     out = {}
     for name in ("gnb", "gnb_refresh"):
         generator = rank_generator(11, per_rank=True)
@@ -98,14 +104,11 @@ def nan_on_one_rank(world: tuple[int, int]) -> dict:
     out = {}
     for kind in ("ref", "fast"):
         net.load_state_dict(model().state_dict())
-        opt = (SophiaRef(params, lr=0.05, nan_policy="skip", hessian_interval=K) if kind == "ref" else
-               Sophia(params, lr=0.05, nan_policy="skip", hessian_interval=K, backend="foreach"))
+        opt = make_optimizer(kind, params, nan_policy="skip")
         skipped = []
         for t, (x, y) in enumerate(batches()[:4], 1):
-            rank, size = world
-            share = GLOBAL_BATCH // size
-            x, y = x[rank * share:(rank + 1) * share].clone(), y[rank * share:(rank + 1) * share]
-            if t == 2 and rank == 1:
+            x, y = shard(world, x.clone(), y)
+            if t == 2 and world[0] == 1:
                 x[0, 0] = float("nan")
             opt.zero_grad()
             torch.nn.functional.cross_entropy(ddp(x), y).backward()
@@ -129,13 +132,9 @@ def run_fsdp_training(optimizer: str, world: tuple[int, int] | None) -> dict:
 
         fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
     params = list(net.parameters())
-    kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
-    opt = SophiaRef(params, **kwargs) if optimizer == "ref" else Sophia(params, backend="foreach", **kwargs)
+    opt = make_optimizer(optimizer, params)
     for x, y in batches():
-        if world is not None:
-            rank, size = world
-            share = GLOBAL_BATCH // size
-            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+        x, y = shard(world, x, y)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()  # FSDP reduce-scatters the ranks' mean gradients
         opt.step(hessian_estimate=squared_gradient(params))
@@ -151,10 +150,7 @@ def fsdp_sampled(world: tuple[int, int]) -> dict:
     net = model()
     fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
     params = list(net.parameters())
-    x, _ = batches()[0]
-    rank, size = world
-    share = GLOBAL_BATCH // size
-    x = x[rank * share:(rank + 1) * share]
+    (x,) = shard(world, batches()[0][0])
     out = {}
     for name in ("gnb", "gnb_refresh"):
         generator = rank_generator(13, per_rank=True)
@@ -182,8 +178,7 @@ def fsdp_nan_on_one_shard(world: tuple[int, int]) -> dict:
         net = model()
         fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
         params = list(net.parameters())
-        opt = (SophiaRef(params, lr=0.05, nan_policy="skip", hessian_interval=1) if kind == "ref" else
-               Sophia(params, lr=0.05, nan_policy="skip", hessian_interval=1, backend="foreach"))
+        opt = make_optimizer(kind, params, nan_policy="skip", hessian_interval=1)
         skipped = []
         for t, (x, y) in enumerate(batches()[:3], 1):
             opt.zero_grad()
@@ -205,8 +200,7 @@ def collective_fault(world: tuple[int, int]) -> dict:
         net = model()
         ddp = torch.nn.parallel.DistributedDataParallel(net)
         params = list(net.parameters())
-        opt = (SophiaRef(params, lr=0.05, hessian_interval=2) if kind == "ref" else
-               Sophia(params, lr=0.05, hessian_interval=2, backend="foreach"))
+        opt = make_optimizer(kind, params, hessian_interval=2)
         x, y = batches()[0]
         for _ in range(2):  # steps 1 and 2; step 3 refreshes
             opt.zero_grad()
@@ -248,15 +242,11 @@ def dcp_resume(world: tuple[int, int], out_dir: str) -> dict:
         net = model()
         fully_shard(net, mesh=init_device_mesh("cpu", (world[1],)))
         params = list(net.parameters())
-        kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
-        opt = SophiaRef(params, **kwargs) if kind == "ref" else Sophia(params, backend="foreach", **kwargs)
-        return net, params, opt
+        return net, params, make_optimizer(kind, params)
 
     def train(net, params, opt, xs):
-        rank, size = world
-        share = GLOBAL_BATCH // size
         for x, y in xs:
-            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+            x, y = shard(world, x, y)
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(x), y).backward()
             opt.step(hessian_estimate=squared_gradient(params))
@@ -293,8 +283,7 @@ def resume_dcp_on_one_process(kind: str, path: str) -> list:
 
     net = model()
     params = list(net.parameters())
-    kwargs = dict(lr=0.05, gamma=0.05, weight_decay=0.1, hessian_interval=K)
-    opt = SophiaRef(params, **kwargs) if kind == "ref" else Sophia(params, backend="foreach", **kwargs)
+    opt = make_optimizer(kind, params)
     opt.init_state()
     model_sd, optim_sd = get_state_dict(net, opt)
     loaded = {"model": model_sd, "optim": optim_sd}
