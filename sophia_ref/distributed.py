@@ -33,8 +33,9 @@ FSDP2 (``fully_shard``: DTensor parameters): ``torch.autograd.grad`` does not re
 parameters (the forward runs on gathered copies), so ``gnb`` and ``gnb_refresh`` differentiate with a
 backward pass instead, FSDP's own reduce-scatter doing the sum over ranks, and return DTensor estimates
 sharded like the parameters; ``.grad`` is saved and restored around it. ``exact_diagonal``,
-``hutchinson`` and ``gnb_expectation`` need second derivatives or one product per prediction and refuse
-DTensor parameters with a message.
+``hutchinson`` need second derivatives, which FSDP's backward does not give, and refuse DTensor
+parameters with a message; ``gnb_expectation`` runs one forward and backward per global (prediction,
+label) pair on every rank (a small-problem oracle, as everywhere).
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ def sharded(params) -> bool:
 def refuse_sharded(params, name: str) -> None:
     if sharded(params):
         raise ValueError(f"{name} cannot run on DTensor (FSDP2) parameters: it differentiates with "
-                         "torch.autograd.grad, which does not reach fully_shard's sharded parameters; under FSDP2 use "
-                         "gnb or sophia_ref.fast.gnb_refresh, which differentiate through FSDP's backward")
+                         "torch.autograd.grad, which does not reach fully_shard's sharded parameters, and FSDP's backward gives no second "
+                         "derivatives; under FSDP2 use gnb, gnb_expectation or sophia_ref.fast.gnb_refresh, which "
+                         "differentiate through FSDP's backward")
 
 
 def grads_by_backward(output: Tensor, params, group, grad_output: Tensor | None = None) -> list:

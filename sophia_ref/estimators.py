@@ -246,6 +246,41 @@ def gnb(logits_fn: Callable[[], Tensor], params: Iterable[Tensor], *,
     return [batch * g * g for g in ghat]
 
 
+def _gnb_expectation_sharded(logits_fn, params, group) -> list[Tensor]:
+    """gnb_expectation for DTensor (FSDP2) parameters, whose gradients only FSDP's backward produces.
+
+    FSDP's backward averages over the ranks, so the (prediction, label) pairs cannot each run on their own
+    rank: every rank runs the same sequence of global pairs, one forward and backward each, and only the
+    pair's owner puts a nonzero cotangent on its row, ``sqrt(p_bv / B) (p_b - e_v)``. The reduced gradient
+    is then that pair's ``sqrt(p_bv / B) J_b^T (p_b - e_v)``, sharded, and its square is the pair's term."""
+    import torch.distributed as dist
+
+    world, me = distributed.world_size(group), (0 if group is None else dist.get_rank(group))
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    with torch.enable_grad():
+        first = _flat_logits(logits_fn)
+        local, vocab = first.shape
+        counts = [local] if group is None else [None] * world
+        if group is not None:
+            dist.all_gather_object(counts, local, group=group)
+        batch = sum(counts)
+        probs = torch.softmax(first.detach().double(), dim=-1)
+        del first
+        for owner, rows in enumerate(counts):
+            for b in range(rows):
+                for v in range(vocab):
+                    logits = _flat_logits(logits_fn)
+                    cot = torch.zeros_like(logits, dtype=torch.float64)
+                    if owner == me:
+                        cot[b] = probs[b] * (probs[b, v] / batch).sqrt()
+                        cot[b, v] -= (probs[b, v] / batch).sqrt()
+                    grads = distributed.grads_by_backward(logits, params, group, grad_output=cot.to(logits.dtype))
+                    for acc, g in zip(total, grads):
+                        if g is not None:
+                            acc.add_(g.double() ** 2)
+    return total
+
+
 def gnb_expectation(logits_fn: Callable[[], Tensor], params: Iterable[Tensor], *, group=None) -> list[Tensor]:
     """The exact expectation of :func:`gnb`: the Gauss-Newton diagonal of the mean cross-entropy.
 
@@ -253,11 +288,14 @@ def gnb_expectation(logits_fn: Callable[[], Tensor], params: Iterable[Tensor], *
     enumerating labels: ``diag(p) - p p^T = sum_v p_v (e_v - p)(e_v - p)^T``, so
     it is ``(1/B) sum_b sum_v p_bv (J_b^T (e_v - p_b))^2``, one vector-Jacobian
     product per (prediction, label) pair. Exact up to rounding; for small B * V.
-    Over ranks: each rank's sum over its own predictions, summed, over the global B.
+    Over ranks: each rank's sum over its own predictions, summed, over the global B. Under FSDP2
+    (DTensor parameters): one forward and one backward per global (prediction, label) pair, every rank
+    taking part in each (see :func:`_gnb_expectation_sharded`); for small problems, as always.
     """
     params = _param_list(params)
-    distributed.refuse_sharded(params, "gnb_expectation")
     group = distributed.resolve_group(group)
+    if distributed.sharded(params):
+        return _gnb_expectation_sharded(logits_fn, params, group)
     total = [_float64_zeros(p) for p in params]
     with torch.enable_grad():
         logits = _flat_logits(logits_fn)

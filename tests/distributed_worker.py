@@ -123,7 +123,7 @@ def squared_gradient(params):
     return lambda: [p.grad.detach() ** 2 * 8 for p in params]
 
 
-def run_fsdp_training(optimizer: str, world: tuple[int, int] | None) -> dict:
+def run_fsdp_training(optimizer: str, world: tuple[int, int] | None, estimator: str = "squared_gradient") -> dict:
     """20 steps as run_training, the model under FSDP2 (fully_shard) when ``world`` is given; full tensors out."""
     net = model()
     if world is not None:
@@ -137,7 +137,8 @@ def run_fsdp_training(optimizer: str, world: tuple[int, int] | None) -> dict:
         x, y = shard(world, x, y)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()  # FSDP reduce-scatters the ranks' mean gradients
-        opt.step(hessian_estimate=squared_gradient(params))
+        opt.step(hessian_estimate=squared_gradient(params) if estimator == "squared_gradient" else
+                 (lambda: gnb_expectation(lambda: net(x), params)))
     full = (lambda t: t.full_tensor()) if world is not None else (lambda t: t)
     return {"params": [full(p.detach()).clone() for p in params], "h": [full(opt.state[p]["h"]).clone() for p in params]}
 
@@ -303,7 +304,8 @@ def main() -> None:
     results = {f"{e}/{o}": run_training(e, o, world) for e in ESTIMATORS for o in ("ref", "fast")}
     results["sampled"] = sampled(world)
     results["nan"] = nan_on_one_rank(world)
-    results["fsdp"] = {o: run_fsdp_training(o, world) for o in ("ref", "fast")}
+    results["fsdp"] = {f"{e}/{o}": run_fsdp_training(o, world, e) for o in ("ref", "fast")
+                       for e in ("squared_gradient", "gnb_expectation")}
     results["fsdp_sampled"] = fsdp_sampled(world)
     results["fsdp_nan"] = fsdp_nan_on_one_shard(world)
     results["collective_fault"] = collective_fault(world)

@@ -68,12 +68,14 @@ def test_one_ranks_nan_skips_the_step_on_every_rank(ranks, optimizer):
     assert all(torch.equal(x, y) and bool(torch.isfinite(x).all()) for x, y in zip(a["params"], b["params"]))
 
 
-# FSDP2: DTensor parameters, gradients, estimates and state; the same 20 steps as one process, to float64 rounding
+# FSDP2: DTensor parameters, gradients, estimates and state; the same 20 steps as one process, to float64 rounding,
+# with the squared reduced gradient and with gnb_expectation (one FSDP forward and backward per global pair)
 @pytest.mark.parametrize("optimizer", ["ref", "fast"])
-def test_fsdp2_reproduces_one_process(ranks, optimizer):
-    one = worker.run_fsdp_training(optimizer, None)
+@pytest.mark.parametrize("estimator", ["squared_gradient", "gnb_expectation"])
+def test_fsdp2_reproduces_one_process(ranks, optimizer, estimator):
+    one = worker.run_fsdp_training(optimizer, None, estimator)
     for rank in ranks:
-        got = rank["fsdp"][optimizer]
+        got = rank["fsdp"][f"{estimator}/{optimizer}"]
         for a, b in zip(got["params"] + got["h"], one["params"] + one["h"]):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
