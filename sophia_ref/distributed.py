@@ -193,3 +193,33 @@ def count_over_mesh(count: int, tensors, device) -> int:
     total = torch.tensor([count], dtype=torch.int64, device=device)
     _dist().all_reduce(total, op=_dist().ReduceOp.SUM, group=group)
     return int(total.item())
+
+
+def _is_dtensor(x) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, DTensor)
+
+
+def layout_mismatch(saved: Tensor, p: Tensor) -> str | None:
+    """Why a saved state tensor cannot be taken as the state of p by a plain load_state_dict (None if it can):
+    a sharded tensor for an unsharded parameter, or one sharded over another number of ranks."""
+    if _is_dtensor(saved) and not _is_dtensor(p):
+        return (f"it was saved sharded (a DTensor over {saved.device_mesh.size()} ranks) and this parameter is not: "
+                "load it through torch.distributed.checkpoint, which reshards")
+    if _is_dtensor(saved) and _is_dtensor(p) and saved.device_mesh.size() != p.device_mesh.size():
+        return (f"it was saved sharded over {saved.device_mesh.size()} ranks and this parameter is sharded over "
+                f"{p.device_mesh.size()}: load it through torch.distributed.checkpoint, which reshards")
+    return None
+
+
+def shard_like(value: Tensor, p: Tensor) -> Tensor:
+    """A full (unsharded) state tensor for a DTensor parameter, cut to the parameter's placements (each rank keeps
+    its own shard, without communication); anything else unchanged."""
+    if _is_dtensor(p) and not _is_dtensor(value):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
+    return value

@@ -244,7 +244,10 @@ class _SophiaBase(Optimizer):
                            else type(value).__name__)
                     raise ValueError(f"{where}: {key} is {got}; expected a floating tensor of shape {tuple(p.shape)} "
                                      "(a checkpoint of another model, or a corrupted one)")
-                if key != "master" and not bool(torch.isfinite(value).all()):
+                why = distributed.layout_mismatch(value, p)
+                if why:
+                    raise ValueError(f"{where}: {key} does not fit: {why}")
+                if key != "master" and not bool(torch.isfinite(value).all()):  # a DTensor: over all its ranks
                     raise ValueError(f"{where}: {key} has non-finite entries (a corrupted checkpoint, or one saved "
                                      "after a diverged step)")
             step, refreshes = entry.get("step"), entry.get("refreshes")
@@ -274,7 +277,8 @@ class _SophiaBase(Optimizer):
                 if key not in self._kept_state:
                     self.state[p].pop(key, None)
                 elif isinstance(value, Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=self._state_dtype(p), copy=True)
+                    value = value.to(device=p.device, dtype=self._state_dtype(p), copy=True)
+                    self.state[p][key] = distributed.shard_like(value, p)  # a full tensor of a sharded parameter
         if counters is not None:
             self._step, self._refreshes, self._skipped = counters["step"], counters["refreshes"], counters["skipped"]
         for group in self.param_groups:

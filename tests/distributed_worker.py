@@ -297,6 +297,42 @@ def resume_dcp_on_one_process(kind: str, path: str) -> list:
     return [p.detach().clone() for p in params]
 
 
+def plain_and_sharded_state_dicts(world: tuple[int, int]) -> dict:
+    """A sharded (FSDP2) optimizer state dict loaded by an unsharded optimizer is refused with the reason; a full
+    one loaded by a sharded optimizer is cut to its shards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    out = {}
+    for kind in ("ref", "fast"):
+        plain_net = model()
+        plain = make_optimizer(kind, list(plain_net.parameters()))
+        sharded_net = model()
+        fully_shard(sharded_net, mesh=init_device_mesh("cpu", (world[1],)))
+        sharded = make_optimizer(kind, list(sharded_net.parameters()))
+        for net, opt in ((plain_net, plain), (sharded_net, sharded)):
+            for x, y in batches()[:2]:
+                x, y = shard(world if net is sharded_net else None, x, y)
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(x), y).backward()
+                opt.step(hessian_estimate=squared_gradient(list(net.parameters())))
+        try:
+            make_optimizer(kind, list(model().parameters())).load_state_dict(sharded.state_dict())
+            out[f"{kind}/refusal"] = ""
+        except ValueError as error:
+            out[f"{kind}/refusal"] = str(error)
+        target_net = model()
+        fully_shard(target_net, mesh=init_device_mesh("cpu", (world[1],)))
+        target = make_optimizer(kind, list(target_net.parameters()))
+        target.load_state_dict(plain.state_dict())
+        from torch.distributed.tensor import DTensor
+
+        out[f"{kind}/resharded"] = all(
+            isinstance(target.state[q][k], DTensor) and torch.equal(target.state[q][k].full_tensor(), plain.state[p][k])
+            for p, q in zip(plain_net.parameters(), target_net.parameters()) for k in ("m", "h"))
+    return out
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # a rank that fails ends the run soon
@@ -310,6 +346,7 @@ def main() -> None:
     results["fsdp_nan"] = fsdp_nan_on_one_shard(world)
     results["collective_fault"] = collective_fault(world)
     results["dcp"] = dcp_resume(world, out_dir)
+    results["state_dicts"] = plain_and_sharded_state_dicts(world)
     torch.save(results, os.path.join(out_dir, f"rank{world[0]}.pt"))
     dist.destroy_process_group()
 

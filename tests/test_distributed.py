@@ -118,6 +118,15 @@ def test_fsdp2_checkpoint_resumes_on_one_process(ranks, out_dir, optimizer):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)  # float64 rounding: another reduction order
 
 
+@pytest.mark.parametrize("optimizer", ["ref", "fast"])
+def test_sharded_state_dicts_are_refused_unsharded_and_full_ones_are_cut_to_shards(ranks, optimizer):
+    for rank in ranks:
+        got = rank["state_dicts"]
+        assert "it was saved sharded (a DTensor over 2 ranks) and this parameter is not: load it through " \
+               "torch.distributed.checkpoint" in got[f"{optimizer}/refusal"]
+        assert got[f"{optimizer}/resharded"] is True
+
+
 def test_group_arguments_are_checked():
     from sophia_ref import gnb_expectation
     from sophia_ref.distributed import rank_generator, resolve_group
