@@ -74,6 +74,34 @@ def _gpu_check(args: argparse.Namespace) -> int:
                      dtypes=args.dtypes or suite.DTYPES, train=not args.no_train, json_path=args.json)
 
 
+def _vectors(args: argparse.Namespace) -> int:
+    from verification.vectors import check, export
+    from verification.vectors.standalone_check import VectorError
+
+    if args.action == "export":
+        from sophia_ref.dialects import DIALECTS
+
+        unknown = [d for d in args.dialect or [] if d not in DIALECTS]
+        if unknown:
+            print(f"sophia-ref vectors: error: unknown dialect {unknown[0]!r}; presets: {', '.join(DIALECTS)}",
+                  file=sys.stderr)
+            return 2
+        try:
+            manifest = export.export(args.dir, args.dialect, quick=args.quick)
+        except ValueError as error:
+            print(f"sophia-ref vectors: error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {len(manifest['cases'])} cases, {len(manifest['files'])} files into {args.dir} "
+              f"(format {manifest['format_version']}, vectors version {manifest['vectors_version']})")
+        return 0
+    if not args.impl:
+        print("sophia-ref vectors: error: check needs --impl module:object", file=sys.stderr)
+        return 2
+    verdict, lines = check.run(args.dir, args.impl, args.dialect[0] if args.dialect else "paper")
+    print("\n".join(lines))
+    return 0 if verdict == "conforms" else 1
+
+
 def _dialect_type(text: str) -> str:
     """argparse type of --dialect: checked before anything runs (an unknown preset or knob is exit 2)."""
     from verification.conformance.resolve import parse_dialect
@@ -199,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--no-train", action="store_true", help="skip the GPT-2 run (b)")
     gpu.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
     gpu.set_defaults(run=_gpu_check)
+
+    vectors = commands.add_parser(
+        "vectors", help="export the reference's answers as test vectors, or check an implementation against them",
+        description="export DIR: for each dialect preset and scenario of the certification battery, the inputs and "
+                    "every step's expected parameters, m and h in float64 (.npy), JSON metadata, a schema, a "
+                    "manifest of SHA-256 hashes and a numpy-only checker (standalone_check.py). check DIR --impl "
+                    "module:object: a SophiaRef-convention torch optimizer against the vectors of one dialect.",
+        epilog="Exit status: export 0, or 2 on bad arguments or a non-empty DIR; check 0 conforms, 1 fails or error.")
+    vectors.add_argument("action", choices=["export", "check"])
+    vectors.add_argument("dir", metavar="DIR")
+    vectors.add_argument("--dialect", action="append", metavar="D",
+                         help="export: only these presets (repeatable; default all); check: the dialect (default paper)")
+    vectors.add_argument("--quick", action="store_true", help="export: the quick battery's scenarios only")
+    vectors.add_argument("--impl", metavar="MODULE:OBJECT", help="check: the implementation")
+    vectors.set_defaults(run=_vectors)
 
     from verification import mutation
 

@@ -1,0 +1,142 @@
+"""Test vectors: deterministic export, the committed reference set, the numpy-only checker (without torch or
+sophia_ref), `sophia-ref vectors check`, and damaged sets refused with the file named."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numpy_sophia
+from sophia_ref import SophiaRef
+from sophia_ref.dialects import DIALECTS
+from verification.vectors import VECTORS_VERSION, check, export, standalone_check
+from verification.vectors.standalone_check import VectorError
+
+REFERENCE = os.path.join(os.path.dirname(export.__file__), "reference")
+REGENERATE = "sophia-ref vectors export verification/vectors/reference --dialect paper --quick"
+
+
+def _files(root):
+    out = {}
+    for base, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def test_export_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    export.export(str(a), ["paper", "official"], quick=True)
+    export.export(str(b), ["paper", "official"], quick=True)
+    assert _files(a) == _files(b)
+
+
+def test_the_committed_reference_set_is_what_the_code_exports(tmp_path):
+    fresh = tmp_path / "fresh"
+    export.export(str(fresh), ["paper"], quick=True)
+    committed, now = _files(REFERENCE), _files(fresh)
+    assert json.loads(committed["manifest.json"])["vectors_version"] == VECTORS_VERSION, \
+        f"VECTORS_VERSION changed: regenerate the committed set ({REGENERATE})"
+    changed = sorted(k for k in set(committed) | set(now) if committed.get(k) != now.get(k))
+    assert not changed, (f"the exported vectors changed ({changed[:5]}...): if the reference's answers changed on "
+                         f"purpose, bump VECTORS_VERSION in verification/vectors/__init__.py and run {REGENERATE}")
+
+
+def test_a_numpy_port_passes_and_a_wrong_one_is_located():
+    report = standalone_check.check(REFERENCE, numpy_sophia.step, "paper")
+    assert len(report) == 6 and not any(report.values()), report
+    report = standalone_check.check(REFERENCE, numpy_sophia.step_without_clip, "paper")
+    first = report["paper/random-tensors"]
+    assert first.startswith("paper/random-tensors: tensor 0, step 1, parameters[") and "tolerance 16" in first
+
+
+def test_the_shipped_checker_runs_without_torch_or_sophia_ref(tmp_path):
+    shutil.copytree(REFERENCE, tmp_path / "set")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['sophia_ref'] = None; "
+            f"sys.path[:0] = [{str(tmp_path / 'set')!r}, {tests!r}]; import standalone_check, numpy_sophia; "
+            f"sys.exit(standalone_check.main([{str(tmp_path / 'set')!r}, 'numpy_sophia:step']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("ok   paper/") == 6
+    with open(REFERENCE + "/standalone_check.py") as f:
+        assert len(f.read().splitlines()) < 150
+
+
+def _damaged(tmp_path, how):
+    root = tmp_path / "set"
+    shutil.copytree(REFERENCE, root)
+    target = root / "paper" / "random-tensors" / "grad_0.npy"
+    manifest = json.loads((root / "manifest.json").read_text())
+    if how == "missing":
+        target.unlink()
+    elif how == "edited":
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+    elif how == "newer":
+        manifest["format_version"] = 99
+    elif how == "truncated":  # truncated and re-hashed, as a careless copy tool might: the array itself is bad
+        import hashlib
+
+        target.write_bytes(target.read_bytes()[:100])
+        manifest["files"]["paper/random-tensors/grad_0.npy"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", r"random-tensors/grad_0.npy: missing \(listed in the manifest\)"),
+    ("edited", r"random-tensors/grad_0.npy: SHA-256 does not match the manifest"),
+    ("newer", "format version 99 is newer than this checker's 1"),
+    ("truncated", r"random-tensors/grad_0.npy: unreadable array"),
+])
+def test_damaged_sets_are_refused_with_the_file_named(tmp_path, how, message):
+    root = _damaged(tmp_path, how)
+    with pytest.raises(VectorError, match=message):
+        standalone_check.check(str(root), numpy_sophia.step, "paper")
+    verdict, lines = check.run(str(root), "sophia_ref:SophiaRef", "paper")
+    assert verdict == "error" and "the vectors are unusable" in lines[0]  # never a pass on partial data
+
+
+def _cli(*args):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "sophia_ref.cli", "vectors", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_check_cli_verdicts(tmp_path):
+    run = _cli("check", REFERENCE, "--impl", "sophia_ref:SophiaRef")
+    assert run.returncode == 0 and run.stdout.splitlines()[-1] == "conforms: 6 of 6 paper cases within tolerance"
+    run = _cli("check", REFERENCE, "--impl", "independent_sophia:NoClip")
+    assert run.returncode == 1 and "fails:" in run.stdout.splitlines()[-1]
+    run = _cli("check", REFERENCE, "--impl", "no_such_module:X")
+    assert run.returncode == 1 and "error: cannot import no_such_module:X" in run.stdout
+    run = _cli("export", str(tmp_path / "x"), "--dialect", "nope")
+    assert run.returncode == 2 and "unknown dialect 'nope'" in run.stderr
+    run = _cli("export", REFERENCE)
+    assert run.returncode == 2 and "is not empty" in run.stderr
+
+
+# every preset's vectors are the reference's own answers: SophiaRef built in that dialect conforms to them
+@pytest.mark.parametrize("dialect", [d for d in DIALECTS if d != "paper"])
+def test_each_dialect_s_vectors_are_reproduced_by_the_reference_in_that_dialect(tmp_path, dialect):
+    export.export(str(tmp_path / "set"), [dialect], quick=True)
+    step = check.torch_step(functools.partial(SophiaRef, dialect=dialect))
+    report = standalone_check.check(str(tmp_path / "set"), step, dialect)
+    assert len(report) == 6 and not any(report.values()), report
+    try:  # the paper's rule on this dialect's vectors: outside tolerance, or it refuses the data outright
+        wrong = standalone_check.check(str(tmp_path / "set"), check.torch_step(SophiaRef), dialect)
+    except ValueError:
+        return
+    assert any(wrong.values())

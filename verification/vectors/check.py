@@ -1,0 +1,77 @@
+"""``sophia-ref vectors check DIR --impl module:object``: a torch implementation against a vector set.
+
+The implementation is built per case and tensor in the convention of ``SophiaRef`` (``cls(params, lr=,
+betas=, gamma=, eps=, weight_decay=, hessian_interval=)``, ``step(hessian_estimate=[...])``, m and h in
+``state[p]``; rho-form implementations read gamma as rho) and driven through the standalone checker's
+path, free-running, float64. The verdict uses certify's words: ``conforms`` (every case of the dialect
+within tolerance), ``fails`` (a case outside it, or the implementation raised), ``error`` (the vectors are
+damaged, or nothing could be built): never a pass on partial data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import torch
+
+from .standalone_check import VectorError, check
+
+
+def resolve(spec: str):
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"--impl {spec!r}: expected module:object")
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _keywords(cls) -> set[str]:
+    try:
+        target = cls.func if hasattr(cls, "func") else cls  # functools.partial
+        return set(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def torch_step(cls, dtype=torch.float64):
+    """The standalone checker's ``step`` for a SophiaRef-convention torch optimizer class."""
+    def step(state, theta, grad, hhat, hyper):
+        if state is None:
+            p = torch.nn.Parameter(torch.tensor(theta, dtype=dtype))
+            kwargs = dict(lr=hyper["lr"], betas=(hyper["beta1"], hyper["beta2"]), gamma=hyper["gamma"],
+                          eps=hyper["eps"], weight_decay=hyper["weight_decay"],
+                          hessian_interval=hyper["hessian_interval"])
+            accepted = _keywords(cls)
+            if hyper["knobs"]["form"] == "rho" and "rho" in accepted:  # the rho form's threshold, as the case means
+                kwargs["rho"] = kwargs.pop("gamma")
+            if "batch_size" in accepted:
+                kwargs["batch_size"] = hyper["batch_size"]
+            state = {"p": p, "opt": cls([p], **kwargs)}
+        p, opt = state["p"], state["opt"]
+        p.grad = torch.tensor(grad, dtype=dtype)
+        opt.step(hessian_estimate=None if hhat is None else [torch.tensor(hhat, dtype=dtype)])
+        slot = opt.state[p]
+        return dict(state, m=slot["m"].double().numpy(), h=slot["h"].double().numpy()), p.detach().double().numpy()
+    return step
+
+
+def run(root: str, impl: str, dialect: str = "paper") -> tuple[str, list[str]]:
+    """(verdict, lines)."""
+    try:
+        cls = resolve(impl)
+    except Exception as error:
+        return "error", [f"error: cannot import {impl}: {type(error).__name__}: {error}"]
+    try:
+        report = check(root, torch_step(cls), dialect)
+    except VectorError as error:
+        return "error", [f"error: the vectors are unusable: {error}"]
+    except Exception as error:  # the implementation raised: a finding
+        return "fails", [f"fails: {impl} raised: {type(error).__name__}: {error}"]
+    lines = [f"{'FAIL' if f else 'ok  '} {case}" + (f": {f}" if f else "") for case, f in report.items()]
+    failed = [f for f in report.values() if f]
+    verdict = "fails" if failed else "conforms"
+    lines.append(f"{verdict}: {len(report) - len(failed)} of {len(report)} {dialect} cases within tolerance")
+    return verdict, lines

@@ -1,0 +1,122 @@
+"""``sophia-ref vectors export DIR``: the float64 reference's answers on the certification battery, as data.
+
+One *case* per dialect preset and scenario: the battery's fixed-data scenarios (random tensors, 0-d and empty
+tensors, k = 1, no weight decay, huge gradients, the eps floor, signed estimates, two parameter groups, long
+runs, the paper's defaults) and its zoo trajectory (the tanh network, its gradients and Gauss-Newton
+estimates taken along the reference's own path, so a port given them as data follows the same path). Two
+battery scenarios have nothing to add as data and are left out: non-contiguous tensors (a memory layout) and
+a state loaded with negative h (a teacher-forced harness move); the checkpoint scenario is exported as the
+plain run it is.
+
+Each case holds, per tensor i, ``theta0_i`` (initial parameters), ``grad_i`` (steps x shape), ``hhat_i``
+(one row per refresh step, in ``refresh_steps`` order; the dialect's own meaning of the estimate: B ghat^2,
+or ghat^2 where B is applied at step time) and the expected ``theta_i``, ``m_i``, ``h_i`` after every step
+(steps x shape), computed by ``sophia_ref.rule.update`` in float64; and ``case.json``: the dialect, its
+knobs, the hyperparameters (gamma is rho in the rho form), per-tensor overrides, the steps, the refresh
+steps and the per-step diagnostics (refreshed, clipped, unclipped). Everything is deterministic: the same
+code exports the same bytes on any machine.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from sophia_ref import rule
+from sophia_ref.dialects import DIALECTS, get_dialect
+
+from ..conformance.judge import FLOAT64_GROWTH_ULPS_PER_STEP, FLOAT64_STEP_ULPS
+from ..conformance.scenarios import _zoo_inputs, battery, hyperparameters, make_data, refresh_steps
+from . import FORMAT_VERSION, store
+
+F64 = torch.float64
+SKIPPED_SCENARIOS = ("non-contiguous tensors", "negative h loaded into the state")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def scenarios(quick: bool = False):
+    return [s for s in battery(quick) if s.name not in SKIPPED_SCENARIOS]
+
+
+def _hyper(h, overrides) -> rule.Hyper:
+    return rule.Hyper(lr=overrides.get("lr", h.lr), beta1=h.beta1, beta2=h.beta2, gamma=h.gamma, eps=h.eps,
+                      weight_decay=overrides.get("weight_decay", h.weight_decay), hessian_interval=h.hessian_interval,
+                      batch_size=h.batch_size)
+
+
+def case_arrays(dialect_name: str, scenario) -> tuple[dict, dict]:
+    """(metadata, {file name: float64 array}) of one case."""
+    dialect = get_dialect(dialect_name)
+    knobs = dialect.knobs
+    h = hyperparameters(scenario)
+    data = make_data(scenario, dialect, h)
+    refreshing = refresh_steps(dialect, h.hessian_interval, scenario.steps)
+    n = len(data.init)
+    overrides = [dict(scenario.groups[i]) if scenario.groups else {} for i in range(n)]
+    thetas = [x.detach().clone() for x in data.init]
+    states = [rule.init(x) for x in thetas]
+    grads, hhats = [[] for _ in range(n)], [[] for _ in range(n)]
+    out = {k: [[] for _ in range(n)] for k in ("theta", "m", "h")}
+    diagnostics = []
+    for t in range(1, scenario.steps + 1):
+        if scenario.problem is not None:
+            g, refresh = _zoo_inputs(scenario, dialect, h, thetas[0], t in refreshing)
+        else:
+            g, refresh = data.grads[t - 1], data.refreshes.get(t)
+        row = []
+        for i in range(n):
+            hhat = None if refresh is None else refresh.hhat[i]
+            grads[i].append(g[i])
+            if t in refreshing:
+                hhats[i].append(hhat)
+            new, delta, diag = rule.update(states[i], thetas[i], g[i], _hyper(h, overrides[i]), knobs, hhat)
+            states[i], thetas[i] = new._replace(denominator=None), thetas[i] + delta
+            for key, value in (("theta", thetas[i]), ("m", new.m), ("h", new.h)):
+                out[key][i].append(value)
+            row.append(dict(refreshed=bool(diag.refreshed), clipped=int(diag.clipped), unclipped=int(diag.unclipped)))
+        diagnostics.append(row)
+    arrays = {}
+    for i, x in enumerate(data.init):
+        shape = tuple(x.shape)
+        arrays[f"theta0_{i}.npy"] = x.numpy()
+        arrays[f"grad_{i}.npy"] = torch.stack(grads[i]).numpy()
+        arrays[f"hhat_{i}.npy"] = (torch.stack(hhats[i]) if hhats[i] else torch.zeros((0, *shape), dtype=F64)).numpy()
+        for key in ("theta", "m", "h"):
+            arrays[f"{key}_{i}.npy"] = torch.stack(out[key][i]).numpy()
+    meta = dict(dialect=dialect_name, scenario=scenario.name, knobs=asdict(knobs),
+                hyper=dict(lr=h.lr, beta1=h.beta1, beta2=h.beta2, gamma=h.gamma, eps=h.eps,
+                           weight_decay=h.weight_decay, hessian_interval=h.hessian_interval, batch_size=h.batch_size),
+                steps=scenario.steps, refresh_steps=refreshing,
+                tensors=[dict(shape=list(x.shape), overrides=overrides[i]) for i, x in enumerate(data.init)],
+                diagnostics=diagnostics)
+    return meta, {k: np.asarray(v, dtype=np.float64, order="C") for k, v in arrays.items()}
+
+
+def tolerance_model() -> dict:
+    from ..conformance.judge import LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR_ULPS, NATIVE_QUANTITIES
+
+    return dict(
+        units="ulps of the dtype at operand scale: parameters max(|theta_t|, |theta_t+1|, lr); m max(|m_t|, "
+              "|m_t-1|, |g_t|); h max(|h_t|, |h_t-1|, |hhat_t|)",
+        float64=dict(teacher_forced_ulps_per_step=FLOAT64_STEP_ULPS,
+                     free_running_ulps_per_step=FLOAT64_STEP_ULPS * FLOAT64_GROWTH_ULPS_PER_STEP),
+        low_precision=dict(factor_of_naive_float32_error=LOW_PRECISION_FACTOR, floor_ulps=LOW_PRECISION_FLOOR_ULPS,
+                           native_quantities={k: list(v) for k, v in NATIVE_QUANTITIES.items()}))
+
+
+def export(root: str, dialects=None, quick: bool = False, progress=None) -> dict:
+    """Write the vector set into ``root`` (created; must be empty or absent) and return its manifest."""
+    names = list(DIALECTS) if not dialects else list(dialects)
+    cases = {}
+    for name in names:
+        for scenario in scenarios(quick):
+            if progress:
+                progress(f"{name} / {scenario.name}")
+            cases[f"{name}/{slug(scenario.name)}"] = case_arrays(name, scenario)
+    return store.write(root, cases, dict(tolerance=tolerance_model(), format_version=FORMAT_VERSION))
