@@ -140,3 +140,51 @@ def test_each_dialect_s_vectors_are_reproduced_by_the_reference_in_that_dialect(
     except ValueError:
         return
     assert any(wrong.values())
+
+
+def _optax_step():
+    """optax.contrib.sophia as a port outside torch sees it: numpy in, numpy out, JAX in float64 on the CPU;
+    the vector's estimate is given to sophia through its hessian_diagonal_fn extra argument."""
+    jax = pytest.importorskip("jax", reason="needs jax and optax (pip install 'sophia-ref[public]')")
+    pytest.importorskip("optax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import optax
+    import optax.contrib
+
+    def supplied():
+        def init_fn(params):
+            return optax.EmptyState()
+
+        def update_fn(updates, state, params=None, hessian_diagonal=None, **extra):
+            return hessian_diagonal, state
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+    def step(state, theta, grad, hhat, hyper):
+        if state is None:
+            tx = optax.contrib.sophia(learning_rate=hyper["lr"], b1=hyper["beta1"], b2=hyper["beta2"],
+                                      eps=hyper["eps"], weight_decay=hyper["weight_decay"], gamma=hyper["gamma"],
+                                      update_interval=hyper["hessian_interval"], hessian_diagonal_fn=supplied())
+            params = jnp.asarray(theta, dtype=jnp.float64)
+            state = {"tx": tx, "opt": tx.init(params)}
+        params = jnp.asarray(theta, dtype=jnp.float64)
+        estimate = jnp.zeros_like(params) if hhat is None else jnp.asarray(hhat, dtype=jnp.float64)
+        updates, opt = state["tx"].update(jnp.asarray(grad, dtype=jnp.float64), state["opt"], params,
+                                          hessian_diagonal=estimate)
+        inner = opt[0]  # chain(scale_by_sophia, add_decayed_weights, scale_by_learning_rate)
+        return (dict(state, opt=opt, m=np.asarray(inner.mu), h=np.asarray(inner.nu)),
+                np.asarray(optax.apply_updates(params, updates)))
+
+    return step
+
+
+# a port outside torch, through the standalone path: optax's Sophia (JAX, float64) on the optax dialect's vectors
+def test_optax_through_the_standalone_checker(tmp_path):
+    step = _optax_step()
+    export.export(str(tmp_path / "set"), ["optax"], quick=True)
+    report = standalone_check.check(str(tmp_path / "set"), step, "optax")
+    assert len(report) == 6 and not any(report.values()), report
+    export.export(str(tmp_path / "paper"), ["paper"], quick=True)
+    wrong = standalone_check.check(str(tmp_path / "paper"), step, "paper")  # optax is not the paper's rule
+    assert any(wrong.values())
