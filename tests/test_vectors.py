@@ -188,3 +188,14 @@ def test_optax_through_the_standalone_checker(tmp_path):
     export.export(str(tmp_path / "paper"), ["paper"], quick=True)
     wrong = standalone_check.check(str(tmp_path / "paper"), step, "paper")  # optax is not the paper's rule
     assert any(wrong.values())
+
+
+# the default set: every preset x the battery and the 13 zoo trajectories, under 5 MB; the numpy port passes all
+# of paper's, the ill-conditioned quadratics (kappa = 1e8) and the non-convex problems included
+def test_the_default_set(tmp_path):
+    manifest = export.export(str(tmp_path / "set"))
+    size = sum(os.path.getsize(os.path.join(b, f)) for b, _, fs in os.walk(tmp_path / "set") for f in fs)
+    assert size < 5 * 2**20 and len(manifest["cases"]) == len(DIALECTS) * 25
+    report = standalone_check.check(str(tmp_path / "set"), numpy_sophia.step, "paper")
+    zoo = [c for c in report if "/zoo-" in c]
+    assert len(zoo) == 14 and not any(report.values()), report

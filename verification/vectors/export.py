@@ -3,7 +3,10 @@
 One *case* per dialect preset and scenario: the battery's fixed-data scenarios (random tensors, 0-d and empty
 tensors, k = 1, no weight decay, huge gradients, the eps floor, signed estimates, two parameter groups, long
 runs, the paper's defaults) and its zoo trajectory (the tanh network, its gradients and Gauss-Newton
-estimates taken along the reference's own path, so a port given them as data follows the same path). Two
+estimates taken along the reference's own path, so a port given them as data follows the same path); and,
+outside ``--quick``, a 30-step trajectory on each of the 13 problems of the oracle zoo (convex quadratics up
+to kappa = 1e8, logistic and softmax regression, the paper's 2-D problem, Rosenbrock, a double well, a
+saddle, the tanh network) with the exact Hessian diagonal as the estimate. Two
 battery scenarios have nothing to add as data and are left out: non-contiguous tensors (a memory layout) and
 a state loaded with negative h (a teacher-forced harness move); the checkpoint scenario is exported as the
 plain run it is.
@@ -98,6 +101,52 @@ def case_arrays(dialect_name: str, scenario) -> tuple[dict, dict]:
     return meta, {k: np.asarray(v, dtype=np.float64, order="C") for k, v in arrays.items()}
 
 
+#: the zoo trajectories: every problem of the oracle zoo, the exact Hessian diagonal as the estimate (the paper's
+#: deterministic Sophia), taken along the reference's own path
+ZOO_HYPER = rule.Hyper(lr=0.05, beta1=0.9, beta2=0.95, gamma=0.5, eps=1e-12, weight_decay=0.0, hessian_interval=3,
+                       batch_size=8.0)
+ZOO_STEPS = 30
+
+
+def zoo_case(dialect_name: str, problem) -> tuple[dict, dict]:
+    """(metadata, arrays) of one zoo trajectory: one tensor, the problem's parameters. The estimate is diag(H) in
+    the dialect's own meaning: divided by B where B multiplies h at step time."""
+    from ..oracles.zoo import FLOAT
+
+    dialect = get_dialect(dialect_name)
+    knobs, h = dialect.knobs, ZOO_HYPER
+    refreshing = refresh_steps(dialect, h.hessian_interval, ZOO_STEPS)
+    theta = torch.tensor(problem.start, dtype=F64)
+    state = rule.init(theta)
+    per_b = 1.0 if knobs.batch_factor == "estimate" else 1.0 / h.batch_size
+    rows = {k: [] for k in ("grad", "hhat", "theta", "m", "h")}
+    diagnostics = []
+    for t in range(1, ZOO_STEPS + 1):
+        x = [float(v) for v in theta.tolist()]
+        g = torch.tensor(problem.grad(x, FLOAT), dtype=F64)
+        hhat = torch.tensor(problem.hessian_diagonal(x, FLOAT), dtype=F64) * per_b if t in refreshing else None
+        rows["grad"].append(g)
+        if hhat is not None:
+            rows["hhat"].append(hhat)
+        new, delta, diag = rule.update(state, theta, g, h, knobs, hhat)
+        state, theta = new._replace(denominator=None), theta + delta
+        rows["theta"].append(theta)
+        rows["m"].append(new.m)
+        rows["h"].append(new.h)
+        diagnostics.append([dict(refreshed=bool(diag.refreshed), clipped=int(diag.clipped),
+                                 unclipped=int(diag.unclipped))])
+    arrays = {"theta0_0.npy": torch.tensor(problem.start, dtype=F64).numpy()}
+    for key, values in rows.items():
+        arrays[f"{key}_0.npy"] = torch.stack(values).numpy()
+    meta = dict(dialect=dialect_name, scenario=f"zoo trajectory: {problem.name} (exact Hessian diagonal)",
+                knobs=asdict(knobs), hyper=dict(lr=h.lr, beta1=h.beta1, beta2=h.beta2, gamma=h.gamma, eps=h.eps,
+                                               weight_decay=h.weight_decay, hessian_interval=h.hessian_interval,
+                                               batch_size=h.batch_size),
+                steps=ZOO_STEPS, refresh_steps=refreshing, tensors=[dict(shape=[problem.dim], overrides={})],
+                diagnostics=diagnostics)
+    return meta, {k: np.asarray(v, dtype=np.float64, order="C") for k, v in arrays.items()}
+
+
 def tolerance_model() -> dict:
     from ..conformance.judge import LOW_PRECISION_FACTOR, LOW_PRECISION_FLOOR_ULPS, NATIVE_QUANTITIES
 
@@ -112,6 +161,8 @@ def tolerance_model() -> dict:
 
 def export(root: str, dialects=None, quick: bool = False, progress=None) -> dict:
     """Write the vector set into ``root`` (created; must be empty or absent) and return its manifest."""
+    from ..oracles.zoo import all_problems
+
     names = list(DIALECTS) if not dialects else list(dialects)
     cases = {}
     for name in names:
@@ -119,4 +170,7 @@ def export(root: str, dialects=None, quick: bool = False, progress=None) -> dict
             if progress:
                 progress(f"{name} / {scenario.name}")
             cases[f"{name}/{slug(scenario.name)}"] = case_arrays(name, scenario)
+        if not quick:
+            for problem in all_problems(quick=True):
+                cases[f"{name}/zoo-{slug(problem.name)}"] = zoo_case(name, problem)
     return store.write(root, cases, dict(tolerance=tolerance_model(), format_version=FORMAT_VERSION))
