@@ -199,3 +199,19 @@ def test_the_default_set(tmp_path):
     report = standalone_check.check(str(tmp_path / "set"), numpy_sophia.step, "paper")
     zoo = [c for c in report if "/zoo-" in c]
     assert len(zoo) == 14 and not any(report.values()), report
+
+
+# the exact-rational oracle's values: each step of the reference is within the verified bound of the exact step
+# from the same state (sophia-ref verify: 2 ulps at operand scale by analysis, up to 3.5 measured; 4 here)
+def test_exact_rational_values_agree_with_the_reference_steps():
+    for base, _, names in os.walk(REFERENCE):
+        for name in names:
+            if not name.startswith("exact_theta_"):
+                continue
+            exact = np.load(os.path.join(base, name))
+            got = np.load(os.path.join(base, name.replace("exact_theta", "theta")))
+            start = np.load(os.path.join(base, name.replace("exact_theta", "theta0")))
+            lr = json.load(open(os.path.join(base, "case.json")))["hyper"]["lr"]
+            previous = np.concatenate([start[None], got[:-1]]) if got.size else got
+            scale = np.maximum(np.maximum(np.abs(previous), np.abs(got)), lr)
+            assert np.all(np.abs(exact - got) <= 4 * np.spacing(scale)), os.path.join(base, name)

@@ -14,7 +14,9 @@ plain run it is.
 Each case holds, per tensor i, ``theta0_i`` (initial parameters), ``grad_i`` (steps x shape), ``hhat_i``
 (one row per refresh step, in ``refresh_steps`` order; the dialect's own meaning of the estimate: B ghat^2,
 or ghat^2 where B is applied at step time) and the expected ``theta_i``, ``m_i``, ``h_i`` after every step
-(steps x shape), computed by ``sophia_ref.rule.update`` in float64; and ``case.json``: the dialect, its
+(steps x shape), computed by ``sophia_ref.rule.update`` in float64; ``exact_theta_i``, each step's new
+parameters in exact rationals from the reference's previous float64 state, correctly rounded (the step
+oracle, :mod:`verification.oracles.step`; a port checked teacher-forced can compare with it); and ``case.json``: the dialect, its
 knobs, the hyperparameters (gamma is rho in the rho form), per-tensor overrides, the steps, the refresh
 steps and the per-step diagnostics (refreshed, clipped, unclipped). Everything is deterministic: the same
 code exports the same bytes on any machine.
@@ -65,7 +67,7 @@ def case_arrays(dialect_name: str, scenario) -> tuple[dict, dict]:
     thetas = [x.detach().clone() for x in data.init]
     states = [rule.init(x) for x in thetas]
     grads, hhats = [[] for _ in range(n)], [[] for _ in range(n)]
-    out = {k: [[] for _ in range(n)] for k in ("theta", "m", "h")}
+    out = {k: [[] for _ in range(n)] for k in ("theta", "m", "h", "exact_theta")}
     diagnostics = []
     for t in range(1, scenario.steps + 1):
         if scenario.problem is not None:
@@ -78,7 +80,9 @@ def case_arrays(dialect_name: str, scenario) -> tuple[dict, dict]:
             grads[i].append(g[i])
             if t in refreshing:
                 hhats[i].append(hhat)
-            new, delta, diag = rule.update(states[i], thetas[i], g[i], _hyper(h, overrides[i]), knobs, hhat)
+            hyper_i = _hyper(h, overrides[i])
+            out["exact_theta"][i].append(_exact_theta(knobs, hyper_i, states[i], thetas[i], g[i], hhat))
+            new, delta, diag = rule.update(states[i], thetas[i], g[i], hyper_i, knobs, hhat)
             states[i], thetas[i] = new._replace(denominator=None), thetas[i] + delta
             for key, value in (("theta", thetas[i]), ("m", new.m), ("h", new.h)):
                 out[key][i].append(value)
@@ -90,7 +94,7 @@ def case_arrays(dialect_name: str, scenario) -> tuple[dict, dict]:
         arrays[f"theta0_{i}.npy"] = x.numpy()
         arrays[f"grad_{i}.npy"] = torch.stack(grads[i]).numpy()
         arrays[f"hhat_{i}.npy"] = (torch.stack(hhats[i]) if hhats[i] else torch.zeros((0, *shape), dtype=F64)).numpy()
-        for key in ("theta", "m", "h"):
+        for key in ("theta", "m", "h", "exact_theta"):
             arrays[f"{key}_{i}.npy"] = torch.stack(out[key][i]).numpy()
     meta = dict(dialect=dialect_name, scenario=scenario.name, knobs=asdict(knobs),
                 hyper=dict(lr=h.lr, beta1=h.beta1, beta2=h.beta2, gamma=h.gamma, eps=h.eps,
@@ -119,7 +123,7 @@ def zoo_case(dialect_name: str, problem) -> tuple[dict, dict]:
     theta = torch.tensor(problem.start, dtype=F64)
     state = rule.init(theta)
     per_b = 1.0 if knobs.batch_factor == "estimate" else 1.0 / h.batch_size
-    rows = {k: [] for k in ("grad", "hhat", "theta", "m", "h")}
+    rows = {k: [] for k in ("grad", "hhat", "theta", "m", "h", "exact_theta")}
     diagnostics = []
     for t in range(1, ZOO_STEPS + 1):
         x = [float(v) for v in theta.tolist()]
@@ -128,6 +132,7 @@ def zoo_case(dialect_name: str, problem) -> tuple[dict, dict]:
         rows["grad"].append(g)
         if hhat is not None:
             rows["hhat"].append(hhat)
+        rows["exact_theta"].append(_exact_theta(knobs, h, state, theta, g, hhat))
         new, delta, diag = rule.update(state, theta, g, h, knobs, hhat)
         state, theta = new._replace(denominator=None), theta + delta
         rows["theta"].append(theta)
@@ -145,6 +150,19 @@ def zoo_case(dialect_name: str, problem) -> tuple[dict, dict]:
                 steps=ZOO_STEPS, refresh_steps=refreshing, tensors=[dict(shape=[problem.dim], overrides={})],
                 diagnostics=diagnostics)
     return meta, {k: np.asarray(v, dtype=np.float64, order="C") for k, v in arrays.items()}
+
+
+def _exact_theta(knobs, hyper: rule.Hyper, state: rule.State, theta, g, hhat) -> torch.Tensor:
+    """The exact-rational oracle's new parameters for one step from the reference's float64 state and inputs,
+    correctly rounded to float64 (verification.oracles.step)."""
+    from ..oracles.step import exact_step
+
+    flat = lambda x: [float(v) for v in x.reshape(-1).tolist()]  # noqa: E731
+    if theta.numel() == 0:
+        return theta.clone()
+    step = exact_step(asdict(knobs), asdict(hyper), state.step, flat(state.m), flat(state.h), flat(theta), flat(g),
+                      None if hhat is None else flat(hhat), state.refreshes, error_scales=False)
+    return torch.tensor(step.rounded().theta, dtype=F64).reshape(theta.shape)
 
 
 def tolerance_model() -> dict:
