@@ -97,7 +97,7 @@ def _vectors(args: argparse.Namespace) -> int:
     if not args.impl:
         print("sophia-ref vectors: error: check needs --impl module:object", file=sys.stderr)
         return 2
-    verdict, lines = check.run(args.dir, args.impl, args.dialect[0] if args.dialect else "paper")
+    verdict, lines = check.run(args.dir, args.impl, args.dialect[0] if args.dialect else "paper", json_dir=args.json)
     print("\n".join(lines))
     return 0 if verdict == "conforms" else 1
 
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="export: only these presets (repeatable; default all); check: the dialect (default paper)")
     vectors.add_argument("--quick", action="store_true", help="export: the quick battery's scenarios only")
     vectors.add_argument("--impl", metavar="MODULE:OBJECT", help="check: the implementation")
+    vectors.add_argument("--json", metavar="DIR", help="check: also write a JSON certificate (certify's fields) into DIR")
     vectors.set_defaults(run=_vectors)
 
     from verification import mutation

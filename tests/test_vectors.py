@@ -118,8 +118,16 @@ def _cli(*args):
 def test_check_cli_verdicts(tmp_path):
     run = _cli("check", REFERENCE, "--impl", "sophia_ref:SophiaRef")
     assert run.returncode == 0 and run.stdout.splitlines()[-1] == "conforms: 6 of 6 paper cases within tolerance"
-    run = _cli("check", REFERENCE, "--impl", "independent_sophia:NoClip")
-    assert run.returncode == 1 and "fails:" in run.stdout.splitlines()[-1]
+    run = _cli("check", REFERENCE, "--impl", "independent_sophia:NoClip", "--json", str(tmp_path / "certs"))
+    assert run.returncode == 1 and "fails:" in run.stdout.splitlines()[-2]
+    [cert] = [json.loads(p.read_text()) for p in (tmp_path / "certs").iterdir()]
+    from dataclasses import fields
+
+    from verification.conformance.judge import Certificate
+
+    assert set(cert) == {f.name for f in fields(Certificate)}  # certify's certificate, field for field
+    assert cert["verdict"] == "fails" and cert["conforms"] is False and cert["metrics"]["cases_run"] == 6
+    assert cert["metrics"]["cases_failed"] >= 1 and all(f.startswith(("FAIL", "fails")) for f in cert["findings"])
     run = _cli("check", REFERENCE, "--impl", "no_such_module:X")
     assert run.returncode == 1 and "error: cannot import no_such_module:X" in run.stdout
     run = _cli("export", str(tmp_path / "x"), "--dialect", "nope")

@@ -58,20 +58,58 @@ def torch_step(cls, dtype=torch.float64):
     return step
 
 
-def run(root: str, impl: str, dialect: str = "paper") -> tuple[str, list[str]]:
-    """(verdict, lines)."""
+def _version_of(impl: str) -> str:
+    from importlib import metadata
+
+    top = impl.partition(":")[0].split(".")[0]
+    try:
+        return metadata.version(top.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def certificate(impl: str, dialect: str, verdict: str, lines: list[str], report: dict | None, root: str):
+    """The outcome as certify's :class:`~verification.conformance.judge.Certificate` (the same JSON fields)."""
+    from sophia_ref import __version__
+
+    from ..conformance.judge import Certificate
+
+    report = report or {}
+    failed = [f for f in report.values() if f]
+    metrics = dict(vector_set=root, cases_run=len(report), cases_failed=len(failed),
+                   tolerance_ulps_per_step=16.0, tier="free-running")
+    return Certificate(implementation=impl, version=_version_of(impl), dialect=dialect, dtype="float64",
+                       device="cpu", seed=0, conforms=verdict == "conforms", metrics=metrics,
+                       findings=[line for line in lines if not line.startswith("ok ")],
+                       tool_version=__version__, verdict=verdict, claimed_dialect=dialect,
+                       matches_claim="yes" if verdict == "conforms" else
+                       ("not measured (the vectors could not be used)" if verdict == "error" else "no (see findings)"))
+
+
+def run(root: str, impl: str, dialect: str = "paper", json_dir: str | None = None) -> tuple[str, list[str]]:
+    """(verdict, lines); with ``json_dir``, also one JSON certificate there, as ``certify --json`` writes."""
+    verdict, lines, report = _run(root, impl, dialect)
+    if json_dir:
+        from ..conformance.report import write_certificates
+
+        [path] = write_certificates([certificate(impl, dialect, verdict, lines, report, root)], json_dir)
+        lines.append(f"certificate: {path}")
+    return verdict, lines
+
+
+def _run(root, impl, dialect):
     try:
         cls = resolve(impl)
     except Exception as error:
-        return "error", [f"error: cannot import {impl}: {type(error).__name__}: {error}"]
+        return "error", [f"error: cannot import {impl}: {type(error).__name__}: {error}"], None
     try:
         report = check(root, torch_step(cls), dialect)
     except VectorError as error:
-        return "error", [f"error: the vectors are unusable: {error}"]
+        return "error", [f"error: the vectors are unusable: {error}"], None
     except Exception as error:  # the implementation raised: a finding
-        return "fails", [f"fails: {impl} raised: {type(error).__name__}: {error}"]
+        return "fails", [f"fails: {impl} raised: {type(error).__name__}: {error}"], None
     lines = [f"{'FAIL' if f else 'ok  '} {case}" + (f": {f}" if f else "") for case, f in report.items()]
     failed = [f for f in report.values() if f]
     verdict = "fails" if failed else "conforms"
     lines.append(f"{verdict}: {len(report) - len(failed)} of {len(report)} {dialect} cases within tolerance")
-    return verdict, lines
+    return verdict, lines, report
