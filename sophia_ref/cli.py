@@ -97,7 +97,8 @@ def _vectors(args: argparse.Namespace) -> int:
     if not args.impl:
         print("sophia-ref vectors: error: check needs --impl module:object", file=sys.stderr)
         return 2
-    verdict, lines = check.run(args.dir, args.impl, args.dialect[0] if args.dialect else "paper", json_dir=args.json)
+    verdict, lines = check.run(args.dir, args.impl, args.dialect[0] if args.dialect else "paper", json_dir=args.json,
+                               dtype=args.dtype)
     print("\n".join(lines))
     return 0 if verdict == "conforms" else 1
 
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_argument("--quick", action="store_true", help="export: the quick battery's scenarios only")
     vectors.add_argument("--impl", metavar="MODULE:OBJECT", help="check: the implementation")
     vectors.add_argument("--json", metavar="DIR", help="check: also write a JSON certificate (certify's fields) into DIR")
+    vectors.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                         help="check: the implementation's parameter dtype; the tolerance counts its ulps")
     vectors.set_defaults(run=_vectors)
 
     from verification import mutation

@@ -223,3 +223,11 @@ def test_exact_rational_values_agree_with_the_reference_steps():
             previous = np.concatenate([start[None], got[:-1]]) if got.size else got
             scale = np.maximum(np.maximum(np.abs(previous), np.abs(got)), lr)
             assert np.all(np.abs(exact - got) <= 4 * np.spacing(scale)), os.path.join(base, name)
+
+
+# --dtype float32: the float32 production optimizer is held to 16 float32 ulps per step of the float64 answers
+def test_check_in_float32():
+    verdict, lines = check.run(REFERENCE, "sophia_ref.fast:Sophia", "paper", dtype="float32")
+    assert verdict == "conforms", lines
+    verdict, lines = check.run(REFERENCE, "independent_sophia:NoClip", "paper", dtype="float32")
+    assert verdict == "fails", lines

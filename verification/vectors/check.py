@@ -55,6 +55,7 @@ def torch_step(cls, dtype=torch.float64):
         opt.step(hessian_estimate=None if hhat is None else [torch.tensor(hhat, dtype=dtype)])
         slot = opt.state[p]
         return dict(state, m=slot["m"].double().numpy(), h=slot["h"].double().numpy()), p.detach().double().numpy()
+    # inputs arrive in float64 and are rounded to ``dtype`` as the parameter, gradient and estimate are built
     return step
 
 
@@ -86,24 +87,33 @@ def certificate(impl: str, dialect: str, verdict: str, lines: list[str], report:
                        ("not measured (the vectors could not be used)" if verdict == "error" else "no (see findings)"))
 
 
-def run(root: str, impl: str, dialect: str = "paper", json_dir: str | None = None) -> tuple[str, list[str]]:
-    """(verdict, lines); with ``json_dir``, also one JSON certificate there, as ``certify --json`` writes."""
-    verdict, lines, report = _run(root, impl, dialect)
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def run(root: str, impl: str, dialect: str = "paper", json_dir: str | None = None,
+        dtype: str = "float64") -> tuple[str, list[str]]:
+    """(verdict, lines); with ``json_dir``, also one JSON certificate there, as ``certify --json`` writes. In
+    float32 the implementation's parameters and state are float32 and the tolerance counts float32 ulps."""
+    verdict, lines, report = _run(root, impl, dialect, dtype)
     if json_dir:
         from ..conformance.report import write_certificates
 
-        [path] = write_certificates([certificate(impl, dialect, verdict, lines, report, root)], json_dir)
+        cert = certificate(impl, dialect, verdict, lines, report, root)
+        cert.dtype = dtype
+        [path] = write_certificates([cert], json_dir)
         lines.append(f"certificate: {path}")
     return verdict, lines
 
 
-def _run(root, impl, dialect):
+def _run(root, impl, dialect, dtype="float64"):
     try:
         cls = resolve(impl)
     except Exception as error:
         return "error", [f"error: cannot import {impl}: {type(error).__name__}: {error}"], None
     try:
-        report = check(root, torch_step(cls), dialect)
+        import numpy as np
+
+        report = check(root, torch_step(cls, DTYPES[dtype]), dialect, dtype=np.dtype(dtype).type)
     except VectorError as error:
         return "error", [f"error: the vectors are unusable: {error}"], None
     except Exception as error:  # the implementation raised: a finding
