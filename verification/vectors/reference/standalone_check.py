@@ -9,7 +9,8 @@ returned last; return m and h under keys "m" and "h" to have them checked too) a
 beta1, beta2, gamma, eps, weight_decay, hessian_interval, batch_size, the dialect's knobs, and "t", the step).
 Each case runs free-running from its initial parameters; the first parameter (or m, h) coordinate further
 from the reference than the tolerance (16 ulps per step at operand scale, the float64 bound of
-sophia-ref's certification) is reported. Exit status of ``python standalone_check.py DIR MODULE:FUNCTION``:
+sophia-ref's certification, counted in the ulps of the port's dtype: ``check(..., dtype=np.float32)``) is
+reported. Exit status of ``python standalone_check.py DIR MODULE:FUNCTION``:
 0 every case within tolerance, 1 a case outside it, 2 the vectors are damaged (a missing file, a hash
 mismatch, a newer format version).
 """
@@ -56,14 +57,15 @@ def _load(root, name):
         raise VectorError(f"{os.path.join(root, name)}: unreadable array ({error})") from error
 
 
-def _ulps(got, want, scale):
-    spacing = np.spacing(np.maximum(np.abs(scale), np.finfo(np.float64).tiny))
+def _ulps(got, want, scale, dtype=np.float64):
+    spacing = np.spacing(np.maximum(np.abs(scale), np.finfo(dtype).tiny).astype(dtype)).astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # a far-off port overflows to inf ulps: still a failure
         return np.abs(np.asarray(got, dtype=np.float64) - want) / spacing
 
 
-def check_case(root, case, step):
-    """None if the port stays within tolerance on this case, else a sentence naming the first failure."""
+def check_case(root, case, step, dtype=np.float64):
+    """None if the port stays within tolerance on this case, else a sentence naming the first failure. ``dtype``:
+    the port's working precision (float64 or float32), whose ulps the tolerance counts."""
     with open(os.path.join(root, case, "case.json")) as f:
         meta = json.load(f)
     steps, refresh = meta["steps"], meta["refresh_steps"]
@@ -84,7 +86,7 @@ def check_case(root, case, step):
                 checks.append(("h", state["h"], h_want[t - 1], np.abs(h_want[t - 1])))
             for what, got, ref, scale in checks:
                 got = np.asarray(got, dtype=np.float64).reshape(ref.shape)
-                err = _ulps(got, ref, scale)
+                err = _ulps(got, ref, scale, dtype)
                 if not np.all(err <= bound):  # NaN fails too
                     j = int(np.argmax(np.where(np.isnan(err), np.inf, err)))
                     return (f"{case}: tensor {i}, step {t}, {what}[{j}]: got {float(got.reshape(-1)[j])!r}, expected "
@@ -92,13 +94,13 @@ def check_case(root, case, step):
     return None
 
 
-def check(root, step, dialect=None):
+def check(root, step, dialect=None, dtype=np.float64):
     """``{case: None or failure}`` for every case (of ``dialect``, if given). Raises VectorError on damage."""
     manifest = _manifest(root)
     cases = [c for c in manifest["cases"] if dialect is None or c.split("/")[0] == dialect]
     if not cases:
         raise VectorError(f"{root}: no case for dialect {dialect!r}")
-    return {case: check_case(root, case, step) for case in cases}
+    return {case: check_case(root, case, step, dtype) for case in cases}
 
 
 def main(argv):
