@@ -36,8 +36,14 @@ def _keywords(cls) -> set[str]:
         return set()
 
 
-def torch_step(cls, dtype=torch.float64):
-    """The standalone checker's ``step`` for a SophiaRef-convention torch optimizer class."""
+class ImplementationError(Exception):
+    """The implementation under test raised (building it or stepping it): a finding about it, not the harness."""
+
+
+def torch_step(cls, dtype=torch.float64, seen: dict | None = None):
+    """The standalone checker's ``step`` for a SophiaRef-convention torch optimizer class. Its m and h are
+    compared where its state names them ``m`` and ``h``; under other names only the parameters are (``seen``,
+    if given, records ``state_compared``)."""
     def step(state, theta, grad, hhat, hyper):
         if state is None:
             p = torch.nn.Parameter(torch.tensor(theta, dtype=dtype))
@@ -49,12 +55,24 @@ def torch_step(cls, dtype=torch.float64):
                 kwargs["rho"] = kwargs.pop("gamma")
             if "batch_size" in accepted:
                 kwargs["batch_size"] = hyper["batch_size"]
-            state = {"p": p, "opt": cls([p], **kwargs)}
+            try:
+                state = {"p": p, "opt": cls([p], **kwargs)}
+            except Exception as error:
+                raise ImplementationError(f"building it failed: {type(error).__name__}: {error}") from error
         p, opt = state["p"], state["opt"]
         p.grad = torch.tensor(grad, dtype=dtype)
-        opt.step(hessian_estimate=None if hhat is None else [torch.tensor(hhat, dtype=dtype)])
-        slot = opt.state[p]
-        return dict(state, m=slot["m"].double().numpy(), h=slot["h"].double().numpy()), p.detach().double().numpy()
+        try:
+            opt.step(hessian_estimate=None if hhat is None else [torch.tensor(hhat, dtype=dtype)])
+        except Exception as error:
+            raise ImplementationError(f"step {hyper['t']} raised {type(error).__name__}: {error}") from error
+        slot = opt.state.get(p, {})
+        out = {k: v for k, v in state.items() if k in ("p", "opt")}
+        for key in ("m", "h"):
+            if isinstance(slot.get(key), torch.Tensor):
+                out[key] = slot[key].double().numpy()
+        if seen is not None:
+            seen["state_compared"] = seen.get("state_compared", True) and "m" in out and "h" in out
+        return out, p.detach().double().numpy()
     # inputs arrive in float64 and are rounded to ``dtype`` as the parameter, gradient and estimate are built
     return step
 
@@ -113,12 +131,17 @@ def _run(root, impl, dialect, dtype="float64"):
     try:
         import numpy as np
 
-        report = check(root, torch_step(cls, DTYPES[dtype]), dialect, dtype=np.dtype(dtype).type)
+        seen: dict = {}
+        report = check(root, torch_step(cls, DTYPES[dtype], seen), dialect, dtype=np.dtype(dtype).type)
     except VectorError as error:
         return "error", [f"error: the vectors are unusable: {error}"], None
-    except Exception as error:  # the implementation raised: a finding
-        return "fails", [f"fails: {impl} raised: {type(error).__name__}: {error}"], None
-    lines = [f"{'FAIL' if f else 'ok  '} {case}" + (f": {f}" if f else "") for case, f in report.items()]
+    except ImplementationError as error:  # the implementation raised: a finding about it
+        return "fails", [f"fails: {impl}: {error}"], None
+    except Exception as error:  # anything else is the harness's own failure: never blamed on the implementation
+        return "error", [f"error: the check itself failed: {type(error).__name__}: {error}"], None
+    lines = [f"FAIL {f}" if f else f"ok   {case}" for case, f in report.items()]
+    if not seen.get("state_compared", True):
+        lines.append("note: its state has no tensors named 'm' and 'h', so only the parameters were compared")
     failed = [f for f in report.values() if f]
     verdict = "fails" if failed else "conforms"
     lines.append(f"{verdict}: {len(report) - len(failed)} of {len(report)} {dialect} cases within tolerance")
