@@ -17,14 +17,6 @@ from .plan import Bucket, Item, scalars, unsupported
 BACKENDS = ("auto", "foreach", "triton")
 
 
-def _dtensor_type():
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without distributed
-        return None
-    return DTensor
-
-
 _local = distributed.local
 _mesh_group = distributed.mesh_group
 
@@ -204,17 +196,6 @@ class Sophia(_SophiaBase):
                                 f"(NaN or Inf); nothing was changed (nan_policy='raise')")
         return f"step {t}: a gradient or estimate has non-finite entries; nothing was changed"
 
-    @staticmethod
-    def _sharded_like(hhat: Tensor, p: Tensor) -> Tensor:
-        """The estimate as p is laid out: a full (replicated) estimate of a DTensor parameter is cut to its
-        placements, each rank keeping its own shard without communication."""
-        DTensor = _dtensor_type()
-        if DTensor is None or not isinstance(p, DTensor) or isinstance(hhat, DTensor):
-            return hhat
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(hhat, p.device_mesh, p.placements, src_data_rank=None)
-
     def _scratch_for(self, bucket: Bucket) -> list[Tensor] | None:
         """u's buffers for a CPU bucket, kept between steps (a fresh large CPU allocation costs page faults); None
         on other devices, where the caching allocator makes a per-step buffer cheap."""
@@ -273,7 +254,7 @@ class Sophia(_SophiaBase):
                 if x.dtype != dtype or x.device != p.device or not x.is_contiguous():
                     state[key] = x.to(device=p.device, dtype=dtype, memory_format=torch.contiguous_format)
             state.setdefault("refreshes", 0)
-            hhat = self._sharded_like(estimate[fi], p) if r else None
+            hhat = distributed.shard_like(estimate[fi], p) if r else None  # a full estimate of a sharded p
             # under FSDP2 the kernels see this rank's shards: the rule is elementwise
             item = Item(_local(p), _local(p.grad), _local(state["m"]), _local(state["h"]), _local(hhat),
                         scalars(hypers[gi], knobs, s + 1), key=p)
