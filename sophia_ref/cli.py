@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="export DIR: for each dialect preset and scenario of the certification battery, the inputs and "
                     "every step's expected parameters, m and h in float64 (.npy), JSON metadata, a schema, a "
                     "manifest of SHA-256 hashes and a numpy-only checker (standalone_check.py). check DIR --impl "
-                    "module:object: a SophiaRef-convention torch optimizer against the vectors of one dialect.",
+                    "module:object: a torch optimizer in SophiaRef's convention, a certify Adapter, or one of certify's short names (official, sophia-optimizer, pytorch-optimizer, optax, fast-foreach), against the vectors of one dialect.",
         epilog="Exit status: export 0, or 2 on bad arguments or a non-empty DIR; check 0 conforms, 1 fails or error.")
     vectors.add_argument("action", choices=["export", "check"])
     vectors.add_argument("dir", metavar="DIR")
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_argument("--quick", action="store_true", help="export: the quick battery's scenarios only")
     vectors.add_argument("--impl", metavar="MODULE:OBJECT", help="check: the implementation")
     vectors.add_argument("--json", metavar="DIR", help="check: also write a JSON certificate (certify's fields) into DIR")
-    vectors.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+    vectors.add_argument("--dtype", default="float64", choices=["float64", "float32", "bfloat16"],
                          help="check: the implementation's parameter dtype; the tolerance counts its ulps")
     vectors.set_defaults(run=_vectors)
 

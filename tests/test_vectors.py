@@ -274,3 +274,116 @@ def test_a_port_with_other_state_names():
     verdict, lines = check.run(REFERENCE, "test_vectors:DecayAfter", "paper")
     assert verdict == "fails" and lines[0].startswith("FAIL paper/")
     assert ", step 1, parameters[" in "\n".join(lines)
+
+
+# -- through certify's adapter protocol -------------------------------------------------------------------------
+
+class StrangerAdapter:
+    """A certify Adapter for a port with its own API: ``Port(tensors, eta, b1, b2, g, floor, decay)``, a ``tick``
+    method that takes the sampled-label gradient (``bias_free_gnb=True``: the subtle bug, it forgets the batch
+    factor B in B ghat^2) or a whole estimate, and its state in attributes ``mom`` and ``curv``."""
+
+    def __new__(cls, *args, **kwargs):  # built lazily so the module imports without the adapters package
+        from verification.adapters.base import Adapter
+
+        class Port:
+            def __init__(self, tensors, eta, b1, b2, g, floor, decay, k, forget_b):
+                self.x, self.eta, self.b1, self.b2, self.g, self.floor, self.decay, self.k = tensors, eta, b1, b2, g, \
+                    floor, decay, k
+                self.mom, self.curv, self.forget_b = [torch.zeros_like(t) for t in tensors], \
+                    [torch.zeros_like(t) for t in tensors], forget_b
+
+            def tick(self, grads, estimate=None, sampled=None, batch=1.0):
+                if sampled is not None:
+                    estimate = [s * s * (1.0 if self.forget_b else batch) for s in sampled]
+                for x, gr, mo, cu, i in zip(self.x, grads, self.mom, self.curv, range(len(grads))):
+                    mo.mul_(self.b1).add_(gr, alpha=1 - self.b1)
+                    if estimate is not None:
+                        cu.mul_(self.b2).add_(estimate[i], alpha=1 - self.b2)
+                    x.mul_(1 - self.eta * self.decay)
+                    x.sub_(self.eta * (mo / torch.clamp(self.g * cu, min=self.floor)).clamp(-1, 1))
+
+        class _Stranger(Adapter):
+            name, version, dialect = "stranger", "0", "paper"
+            accepts_any_estimate = kwargs.get("any_estimate", True)
+            forget_b = kwargs.get("forget_b", False)
+
+            def build(self, params, hyper, dtype, device):
+                self.tensors = [p.detach().to(dtype).clone() for p in params]
+                self.port = Port(self.tensors, hyper.lr, hyper.beta1, hyper.beta2, hyper.gamma, hyper.eps,
+                                 hyper.weight_decay, hyper.hessian_interval, self.forget_b)
+                self.t, self.dtype = 0, dtype
+
+            def step(self, grads, refresh):
+                grads = [g.to(self.dtype) for g in grads]
+                if refresh is None:
+                    self.port.tick(grads)
+                elif not self.accepts_any_estimate:
+                    self.port.tick(grads, sampled=[g.to(self.dtype) for g in refresh.ghat], batch=refresh.batch)
+                else:
+                    self.port.tick(grads, estimate=[h.to(self.dtype) for h in refresh.hhat])
+                self.t += 1
+
+            def parameters(self):
+                return [t.double() for t in self.tensors]
+
+            def state(self):
+                return self.t, [m.double() for m in self.port.mom], [h.double() for h in self.port.curv]
+
+            def load(self, params, step, m, h):
+                raise NotImplementedError
+
+        return _Stranger()
+
+
+STRANGER = StrangerAdapter()
+STRANGER_FORGETS_B = StrangerAdapter(forget_b=True)
+GNB_ONLY = StrangerAdapter(any_estimate=False)
+GNB_ONLY_FORGETS_B = StrangerAdapter(any_estimate=False, forget_b=True)
+
+
+# a port certify drives through an Adapter of its own is checked against the vectors through that adapter: its m and h
+# are compared too; a GNB-only API gets ghat = sqrt(hhat / B) and is not run (never passed) on signed estimates; the
+# subtle bug (B forgotten in B ghat^2) is located in h
+def test_check_through_an_adapter():
+    verdict, lines = check.run(REFERENCE, "test_vectors:STRANGER", "paper")
+    assert verdict == "conforms" and lines[-1] == "conforms: 6 of 6 paper cases within tolerance", lines
+    verdict, lines = check.run(REFERENCE, "test_vectors:GNB_ONLY", "paper")
+    assert verdict == "error", lines  # one case has a signed estimate: not run, so nothing is certified
+    assert [line for line in lines if line.startswith("NOT RUN")] == [
+        "NOT RUN paper/negative-h-signed-estimates: its API takes only GNB-shaped estimates (squares of a gradient) "
+        "and this case's estimate is signed"]
+    assert "1 of 6 paper cases could not be run" in lines[-1]
+    verdict, lines = check.run(REFERENCE, "test_vectors:GNB_ONLY_FORGETS_B", "paper")
+    assert verdict == "fails" and "h[" in "\n".join(lines), lines
+    verdict, lines = check.run(REFERENCE, "test_vectors:STRANGER_FORGETS_B", "paper")
+    assert verdict == "conforms", lines  # with whole estimates the forgotten B never enters
+
+
+# certify's short names reach the public ports' adapters; a port that fixes a hyperparameter the vectors set otherwise
+# is not run (and so not certified), with the value named
+@pytest.mark.parametrize("impl, dialect", [("pytorch-optimizer", "pytorch_optimizer"), ("official", "official")])
+def test_check_public_ports_by_short_name(tmp_path, impl, dialect):
+    from verification.conformance.resolve import KNOWN
+
+    distribution = KNOWN[impl][1]
+    pytest.importorskip(distribution.replace("-", "_"), reason=f"{distribution} is not installed")
+    export.export(str(tmp_path / "set"), [dialect], quick=True)
+    verdict, lines = check.run(str(tmp_path / "set"), impl, dialect, json_dir=str(tmp_path / "certs"))
+    if impl == "official":  # sophia-opt hard-codes eps = 1e-15; the battery's cases use 1e-12
+        assert verdict == "error" and "it fixes eps = 1e-15 (the case has 1e-12)" in lines[0], lines
+        [cert] = [json.loads(p.read_text()) for p in (tmp_path / "certs").iterdir()]
+        assert cert["conforms"] is False and cert["metrics"]["cases_not_run"] == 6
+    else:
+        assert verdict == "conforms", lines
+
+
+def test_bfloat16_ulps_and_check():
+    assert standalone_check._ulps(np.array([1 + 2.0 ** -7]), np.array([1.0]), np.array([1.0]), "bfloat16") == 1
+    assert standalone_check._ulps(np.array([3.0 + 2.0 ** -6]), np.array([3.0]), np.array([3.0]), "bfloat16") == 1
+    verdict, lines = check.run(REFERENCE, "sophia_ref.fast:Sophia", "paper", dtype="bfloat16")
+    assert verdict == "conforms", lines
+    verdict, lines = check.run(REFERENCE, "independent_sophia:NoClip", "paper", dtype="bfloat16")
+    assert verdict == "fails", lines
+    with pytest.raises(ValueError, match="dtype 'float16' is not supported; accepted values: float64, float32"):
+        check.run(REFERENCE, "sophia_ref:SophiaRef", "paper", dtype="float16")

@@ -135,7 +135,9 @@ def make_data(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters | Non
             hhat = [(b if b_in_estimate else 1.0) * g * g for g in ghat]
         elif scenario.estimates == "near_floor":  # gamma * h within a factor 2 of eps
             target = hyper.eps / hyper.gamma
-            hhat = [target * (1.0 + 0.5 * torch.tanh(randn(s))) for s in scenario.shapes]
+            # z / (1 + |z|) rather than tanh: exact IEEE arithmetic only, so the data (and the exported test
+            # vectors) are bit-identical on every machine, whatever its libm or vector unit
+            hhat = [target * (1.0 + 0.5 * _softsign(randn(s))) for s in scenario.shapes]
             ghat = None
         else:
             hhat = [randn(s) for s in scenario.shapes]
@@ -146,6 +148,11 @@ def make_data(scenario: Scenario, dialect: Dialect, hyper: Hyperparameters | Non
         refreshes = {t: Refresh(_strided(r.hhat), None if r.ghat is None else _strided(r.ghat), r.batch)
                      for t, r in refreshes.items()}
     return Data(init, grads, refreshes)
+
+
+def _softsign(z: Tensor) -> Tensor:
+    """``z / (1 + |z|)``, in (-1, 1): a squashing made of correctly rounded operations only."""
+    return z / (1.0 + z.abs())
 
 
 def _zoo(name: str):

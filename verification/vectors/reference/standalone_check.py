@@ -9,7 +9,7 @@ returned last; return m and h under keys "m" and "h" to have them checked too) a
 beta1, beta2, gamma, eps, weight_decay, hessian_interval, batch_size, the dialect's knobs, and "t", the step).
 Each case runs free-running from its initial parameters; the first parameter (or m, h) coordinate further
 from the reference than the tolerance (16 ulps per step at operand scale, the float64 bound of
-sophia-ref's certification, counted in the ulps of the port's dtype: ``check(..., dtype=np.float32)``) is
+sophia-ref's certification, counted in the ulps of the port's dtype: ``check(..., dtype=np.float32)``, or ``"bfloat16"``) is
 reported. Exit status of ``python standalone_check.py DIR MODULE:FUNCTION``:
 0 every case within tolerance, 1 a case outside it, 2 the vectors are damaged (a missing file, a hash
 mismatch, a newer format version).
@@ -58,14 +58,18 @@ def _load(root, name):
 
 
 def _ulps(got, want, scale, dtype=np.float64):
-    spacing = np.spacing(np.maximum(np.abs(scale), np.finfo(dtype).tiny).astype(dtype)).astype(np.float64)
+    if dtype == "bfloat16":  # bfloat16 (no numpy type) keeps float32's exponent and 7 of its 23 fraction bits
+        spacing = np.spacing(np.maximum(np.abs(scale), np.finfo(np.float32).tiny).astype(np.float32)) * 2.0 ** 16
+    else:
+        spacing = np.spacing(np.maximum(np.abs(scale), np.finfo(dtype).tiny).astype(dtype))
+    spacing = spacing.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # a far-off port overflows to inf ulps: still a failure
         return np.abs(np.asarray(got, dtype=np.float64) - want) / spacing
 
 
 def check_case(root, case, step, dtype=np.float64):
     """None if the port stays within tolerance on this case, else a sentence naming the first failure. ``dtype``:
-    the port's working precision (float64 or float32), whose ulps the tolerance counts."""
+    the port's working precision (np.float64, np.float32 or "bfloat16"), whose ulps the tolerance counts."""
     with open(os.path.join(root, case, "case.json")) as f:
         meta = json.load(f)
     steps, refresh = meta["steps"], meta["refresh_steps"]
