@@ -234,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="export DIR: for each dialect preset and scenario of the certification battery, the inputs and "
                     "every step's expected parameters, m and h in float64 (.npy), JSON metadata, a schema, a "
                     "manifest of SHA-256 hashes and a numpy-only checker (standalone_check.py). check DIR --impl "
-                    "module:object: a torch optimizer in SophiaRef's convention, a certify Adapter, or one of certify's short names (official, sophia-optimizer, pytorch-optimizer, optax, fast-foreach), against the vectors of one dialect.",
+                    "module:object: a torch optimizer in SophiaRef's convention, a certify Adapter, or one of "
+                    "certify's short names (official, sophia-optimizer, pytorch-optimizer, optax, fast-foreach), "
+                    "against the vectors of one dialect.",
         epilog="Exit status: export 0, or 2 on bad arguments or a non-empty DIR; check 0 conforms, 1 fails or error.")
     vectors.add_argument("action", choices=["export", "check"])
     vectors.add_argument("dir", metavar="DIR")
